@@ -1,0 +1,99 @@
+"""Pieces the commands share: run-dir lookup, compatibility checks, model rebuild from ckpt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from segen.checkpoint import checkpoint_config, load_checkpoint
+from segen.config import build
+from segen.errors import ConfigError, IncompatibleError
+
+
+def run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+
+
+def prepare_data_for_task(model_cfg: DictConfig, datamodule, model_name: str, data_name: str) -> None:
+    """Fit the datamodule to the task before any heavy work, or fail in one line.
+
+    A task class declares `requires` ("labels" and/or "masks": checked here, and "masks"
+    makes masks the batch target) and `symmetric_inputs` (images in [-1, 1], as GANs want).
+    """
+    from hydra.utils import get_class
+
+    task_cls = get_class(model_cfg._target_)
+    for need in getattr(task_cls, "requires", ()):
+        if not getattr(datamodule, f"has_{need}", False):
+            raise IncompatibleError(f"model={model_name} needs {need}, which data={data_name} does not provide; choose a dataset with {need}")
+    if "masks" in getattr(task_cls, "requires", ()):
+        datamodule.use_target("masks")
+    if getattr(task_cls, "symmetric_inputs", False):
+        datamodule.use_symmetric_range()
+
+
+def restore(cfg: DictConfig):
+    """Rebuild (run config, choices, task with weights, datamodule) from `cfg.ckpt`.
+
+    The checkpoint's config is the base; `data.*`/`model.*` overrides given to this command
+    apply on top (unknown keys are an error); `data=X` swaps the dataset; `model=X` must agree.
+    """
+    ckpt = load_checkpoint(cfg.ckpt)
+    run_cfg, stored = checkpoint_config(ckpt)
+    chosen = choices()
+    if chosen.get("model") not in (None, "None", stored.get("model")):
+        raise IncompatibleError(
+            f"model={chosen['model']} contradicts the checkpoint, which holds a {stored.get('model')} model; drop model= or pass a {chosen['model']} checkpoint"
+        )
+    for group in ("model", "data"):
+        override = cfg.get(group) or {}
+        if group == "data" and chosen.get("data") not in (None, "None", stored.get("data")):
+            run_cfg.data = override
+            stored["data"] = chosen["data"]
+            continue
+        OmegaConf.set_struct(run_cfg[group], True)
+        try:
+            run_cfg[group] = OmegaConf.merge(run_cfg[group], override)
+        except Exception as err:  # omegaconf raises ConfigKeyError/ValidationError subclasses
+            raise ConfigError(f"cannot apply {group} overrides to this checkpoint's config: {str(err).splitlines()[0]}") from None
+        OmegaConf.set_struct(run_cfg[group], False)
+    datamodule = build(run_cfg.data, "data")
+    prepare_data_for_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
+    task = build(run_cfg.model, "model")
+    task.load_state_dict(ckpt["state_dict"])
+    with open_dict(run_cfg):
+        run_cfg.choices = stored
+    return run_cfg, task, datamodule
+
+
+_LIGHTNING_NOISE = (
+    "litlogger",  # an advert printed on every run
+    "already configured with model summary",  # we configure RichModelSummary on purpose
+    "Experiment logs directory",  # the run dir already holds Hydra's files; nothing is deleted
+    "LeafSpec",  # a Lightning-internal deprecation
+    "does not have many workers",  # in-memory tensor loaders need none
+)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning messages that say nothing about this run, so the ones that do stand out."""
+    import logging
+    import warnings
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(text in record.getMessage() for text in _LIGHTNING_NOISE)
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_Drop())
+    for text in _LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=f".*{text}.*")

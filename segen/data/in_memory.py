@@ -1,0 +1,229 @@
+"""The shared data path for small images: uint8 tensors in memory, batched as tensors.
+
+Per-sample PIL transforms cost far more than the models they feed at MNIST/CIFAR scale, so
+images stay as one uint8 tensor. A batch is gathered with one indexing op, crosses to the
+device as uint8 (4x fewer bytes than float), and is converted, augmented and normalized there
+in `on_after_batch_transfer`. The loader is a plain `DataLoader` over a dataset with
+`__getitems__`, so Lightning can still swap in a `DistributedSampler` under DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from segen.errors import DataError
+
+IGNORE_INDEX = 255  # mask value that losses and IoU skip (void pixels, crop padding)
+
+
+class TensorImageDataset(Dataset):
+    """Images `(N, C, H, W)` uint8 and targets (labels `(N,)` long or masks `(N, H, W)` uint8);
+    fetches whole batches at once."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.targets[index]
+
+
+def already_batched(batch):
+    """collate_fn for datasets whose `__getitems__` returns a ready batch."""
+    return batch
+
+
+def _gather_crops(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop `(N, C, H+2p, W+2p)` at per-sample offsets (dy, dx) of shape `(N, 1)`, in one gather."""
+    device = padded.device
+    rows = (dy + torch.arange(h, device=device))[:, None, :, None]
+    cols = (dx + torch.arange(w, device=device))[:, None, None, :]
+    batch = torch.arange(len(padded), device=device)[:, None, None, None]
+    chan = torch.arange(padded.shape[1], device=device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def random_crop(images: torch.Tensor, padding: int, masks: torch.Tensor | None = None, generator=None):
+    """Pad by `padding` (reflect) and crop back at a random offset per sample.
+
+    With `masks` `(N, H, W)`, the same crop is applied to them (padded with 255 = ignore) and
+    `(images, masks)` is returned.
+    """
+    n, _, h, w = images.shape
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=images.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=images.device, generator=generator)
+    cropped = _gather_crops(F.pad(images, [padding] * 4, mode="reflect"), dy, dx, h, w)
+    if masks is None:
+        return cropped
+    padded_masks = F.pad(masks[:, None], [padding] * 4, value=IGNORE_INDEX)
+    return cropped, _gather_crops(padded_masks, dy, dx, h, w)[:, 0]
+
+
+def random_hflip(images: torch.Tensor, masks: torch.Tensor | None = None, generator=None):
+    """Mirror a random half of the batch left-right (and the same half of `masks`, if given)."""
+    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+    flipped = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if masks is None:
+        return flipped
+    return flipped, torch.where(flip[:, None, None], masks.flip(-1), masks)
+
+
+def carve_validation(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices 0..n-1 into (train, val) with a fixed seed; `val_split` is a count or fraction."""
+    n_val = int(round(val_split * n)) if isinstance(val_split, float) and val_split < 1 else int(val_split)
+    if not 0 < n_val < n:
+        raise DataError(
+            f"val_split={val_split} leaves no training or no validation images out of {n}; "
+            "use a fraction in (0, 1) or a count below the training set size"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+class InMemoryImageDataModule(pl.LightningDataModule):
+    """Base for datasets small enough to hold as uint8 tensors.
+
+    Subclasses set `num_classes`, `channels`, `image_size`, `class_names` and implement
+    `load_split(train)`; this class carves the validation split, builds the loaders and turns
+    uint8 batches into normalized (and, when training, augmented) float batches on the device.
+
+    `target` says what a batch's second element is: "labels" (class index per image) or
+    "masks" (class per pixel, 255 = ignore). The task's `requires` sets it before setup.
+    `num_classes` counts image classes; `num_mask_classes` counts mask classes.
+    """
+
+    num_classes: int
+    channels: int
+    image_size: int
+    class_names: Sequence[str]
+    has_labels = True
+    has_masks = False
+    num_mask_classes: int | None = None
+    mask_class_names: Sequence[str] | None = None
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        val_split: float | int = 0.1,
+        split_seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.val_split = val_split
+        self.split_seed = split_seed
+        self.mean = tuple(mean) if mean is not None else (0.5,) * self.channels
+        self.std = tuple(std) if std is not None else (0.5,) * self.channels
+        self.crop_padding = crop_padding
+        self.hflip = hflip
+        self.splits: dict[str, TensorImageDataset] = {}
+        self.eval_split = "test"  # which split test_dataloader serves; `segen eval split=` sets it
+        self.target = "labels" if self.has_labels else "masks"
+
+    # -- what models need to know about the data, before any file is read --------------------
+    @property
+    def info(self) -> dict:
+        """Data-dependent model arguments (filled into `???` fields of the model config)."""
+        masks = self.target == "masks"
+        return {
+            "in_channels": self.channels,
+            "channels": self.channels,
+            "num_classes": self.num_mask_classes if masks else self.num_classes,
+            "image_size": self.image_size,
+        }
+
+    def use_target(self, target: str) -> None:
+        """Serve "labels" or "masks" as the batch target (must be called before `setup`)."""
+        if not getattr(self, f"has_{target}", False):
+            raise DataError(f"{type(self).__name__} has no {target}")
+        self.target = target
+
+    def use_symmetric_range(self) -> None:
+        """Scale images to [-1, 1] (what tanh generators produce) instead of standardizing."""
+        self.mean, self.std = (0.5,) * self.channels, (0.5,) * self.channels
+
+    def load_split(self, train: bool) -> dict[str, torch.Tensor]:
+        """Return the train or test split as `{"images": uint8 (N, C, H, W), "labels": long (N,)}`,
+        plus `"masks": uint8 (N, H, W)` when the dataset has them."""
+        raise NotImplementedError
+
+    def _dataset(self, split: dict[str, torch.Tensor], index: torch.Tensor | None = None) -> TensorImageDataset:
+        images, targets = split["images"], split[self.target]
+        if index is not None:
+            images, targets = images[index], targets[index]
+        return TensorImageDataset(images, targets)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train = self.load_split(train=True)
+        train_idx, val_idx = carve_validation(len(train["images"]), self.val_split, self.split_seed)
+        self.splits["train"] = self._dataset(train, train_idx)
+        self.splits["val"] = self._dataset(train, val_idx)
+        self.splits["test"] = self._dataset(self.load_split(train=False))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train and len(self.splits[split]) > self.batch_size,
+            collate_fn=already_batched,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_split, train=False)
+
+    # -- uint8 -> float on the device -----------------------------------------------------------
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 `[0, 255]` -> float, standardized with the dataset's mean and std."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def augment(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-time augmentation of a float batch; masks move with their images."""
+        masks = targets if self.target == "masks" else None
+        if self.crop_padding:
+            out = random_crop(images, self.crop_padding, masks)
+            images, masks = out if masks is not None else (out, None)
+        if self.hflip:
+            out = random_hflip(images, masks)
+            images, masks = out if masks is not None else (out, None)
+        return images, (masks if masks is not None else targets)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, targets = batch
+        images = self.normalize(images)
+        if self.trainer is not None and self.trainer.training:
+            images, targets = self.augment(images, targets)
+        if self.target == "masks":
+            targets = targets.long()
+        return images, targets

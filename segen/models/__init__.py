@@ -1,0 +1,1 @@
+"""Plain `nn.Module`s, no Lightning: one file per `model=` choice."""

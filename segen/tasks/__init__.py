@@ -1,0 +1,1 @@
+"""LightningModules, one per task; each wraps a plain `nn.Module` from `segen.models`."""

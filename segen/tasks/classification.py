@@ -1,0 +1,82 @@
+"""`model=cnn`'s task: cross-entropy classification with accuracy metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from segen.tasks.optim import build_optimizers
+
+
+class ClassificationTask(pl.LightningModule):
+    """Trains any `nn.Module` that maps images to class logits; exposes `num_classes`.
+
+    Logs `train/loss`, `val/loss`, `val/acc`, `test/loss`, `test/acc` and per-class test
+    accuracy as `test/acc/<class name>`.
+    """
+
+    requires = ("labels",)  # what the data must provide; checked before training starts
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        label_smoothing: float = 0.0,
+        monitor: str = "val/acc",
+        monitor_mode: str = "max",
+    ):
+        super().__init__()
+        self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.label_smoothing = label_smoothing
+        # Read by the checkpoint callback (configs/callbacks) to pick best.ckpt.
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        n = net.num_classes
+        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.test_class_acc = MulticlassAccuracy(num_classes=n, average=None)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.val_acc.update(logits, labels)
+        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=False)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self(images)
+        self.test_acc.update(logits, labels)
+        self.test_class_acc.update(logits, labels)
+        self.log("test/loss", F.cross_entropy(logits, labels))
+        self.log("test/acc", self.test_acc)
+
+    def on_test_epoch_end(self):
+        per_class = self.test_class_acc.compute()
+        names = self.class_names()
+        self.log_dict({f"test/acc/{names[i]}": acc for i, acc in enumerate(per_class)})
+        self.test_class_acc.reset()
+
+    def class_names(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "class_names", None)
+        return list(names) if names is not None else [str(i) for i in range(self.net.num_classes)]
+
+    def configure_optimizers(self):
+        return build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)

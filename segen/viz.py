@@ -1,0 +1,52 @@
+"""Pictures of results: image grids, colourized masks and mask overlays (uint8 in, PNG out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.io import write_png
+from torchvision.utils import make_grid
+
+IGNORE_COLOR = (0, 0, 0)
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Float images in `value_range` (a GAN's tanh output by default) -> uint8 in [0, 255]."""
+    lo, hi = value_range
+    return ((images.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
+    """Write uint8 images `(N, C, H, W)` as one PNG grid, `nrow` images per row."""
+    grid = make_grid(images.cpu(), nrow=nrow, padding=padding, pad_value=255)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(grid, str(path))
+    return path
+
+
+def default_palette(num_classes: int) -> torch.Tensor:
+    """`(num_classes, 3)` uint8 colours spread over the hue circle; class 0 (background) is grey."""
+    hues = torch.arange(num_classes, dtype=torch.float32) / max(num_classes - 1, 1)
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hues[:, None] * 6) % 6
+    rgb = 1 - 0.85 * torch.clamp(torch.minimum(k, 4 - k), 0, 1)  # HSV with s=0.85, v=1
+    palette = (rgb * 255).round().to(torch.uint8)
+    palette[0] = torch.tensor([64, 64, 64], dtype=torch.uint8)
+    return palette
+
+
+def colorize(masks: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Class masks `(N, H, W)` (255 = ignore) -> uint8 colour images `(N, 3, H, W)`."""
+    lut = torch.zeros(256, 3, dtype=torch.uint8)
+    lut[: len(palette)] = palette
+    lut[255] = torch.tensor(IGNORE_COLOR, dtype=torch.uint8)
+    return lut[masks.long().cpu()].permute(0, 3, 1, 2).contiguous()
+
+
+def overlay(images: torch.Tensor, colors: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend colourized masks over uint8 images (grey images are repeated to RGB)."""
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    blended = images.float() * (1 - alpha) + colors.float() * alpha
+    return blended.round().clamp(0, 255).to(torch.uint8)
