@@ -168,7 +168,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         plus `"masks": uint8 (N, H, W)` when the dataset has them."""
         raise NotImplementedError
 
-    def _dataset(self, split: dict[str, torch.Tensor], index: torch.Tensor | None = None) -> TensorImageDataset:
+    def _tensor_dataset(self, split: dict[str, torch.Tensor], index: torch.Tensor | None = None) -> TensorImageDataset:
         images, targets = split["images"], split[self.target]
         if index is not None:
             images, targets = images[index], targets[index]
@@ -179,9 +179,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             return
         train = self.load_split(train=True)
         train_idx, val_idx = carve_validation(len(train["images"]), self.val_split, self.split_seed)
-        self.splits["train"] = self._dataset(train, train_idx)
-        self.splits["val"] = self._dataset(train, val_idx)
-        self.splits["test"] = self._dataset(self.load_split(train=False))
+        self.splits["train"] = self._tensor_dataset(train, train_idx)
+        self.splits["val"] = self._tensor_dataset(train, val_idx)
+        self.splits["test"] = self._tensor_dataset(self.load_split(train=False))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(

@@ -1,0 +1,31 @@
+# segen developer commands. `make install` then `make test` is all a fresh clone needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test test-fast lint smoke bench clean
+
+install:  ## create .venv and install segen (editable) with its pinned torch/torchvision + dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
+
+test:  ## the whole suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast:  ## everything but the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check segen tests scripts
+
+smoke:  ## a seconds-long end-to-end run: train, then evaluate the checkpoint
+	$(BIN)/segen train debug=smoke hydra.run.dir=outputs/smoke
+	$(BIN)/segen eval ckpt=outputs/smoke/checkpoints/best.ckpt hydra.run.dir=outputs/smoke/eval
+
+bench:  ## segen vs a plain PyTorch loop, tensor data path vs PIL DataLoader
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf build dist *.egg-info outputs/smoke

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny datasets written in the real on-disk formats, read by the real loaders.
+
+MNIST: gzipped idx files in `<root>/MNIST/raw/` as served by the MNIST mirrors.
+CIFAR-10: python pickles (`data_batch_1..5`, `test_batch`, `batches.meta`) in
+`<root>/cifar-10-batches-py/`, as unpacked from `cifar-10-python.tar.gz`.
+Images carry a simple class-dependent pattern so that a few training steps can learn them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def patterned_images(labels: np.ndarray, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 images `(N, size, size, channels)`: a bright bar whose row depends on the label."""
+    images = rng.integers(0, 60, size=(len(labels), size, size, channels), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        row = 2 + int(label) * (size - 4) // 10
+        images[i, row : row + 2, :, :] = 255
+    return images
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an idx file (gzip) as on the MNIST site: magic 0x0803 images / 0x0801 labels."""
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist(root: Path, n_train: int = 300, n_test: int = 100, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = patterned_images(labels, 28, 1, rng)[..., 0]
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        out[prefix] = (images, labels)
+    return out
+
+
+def make_cifar10(root: Path, per_batch: int = 60, n_test: int = 100, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    out = {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, size=n)
+        images = patterned_images(labels, 32, 3, rng)
+        # CIFAR stores each image as 1024 R, then 1024 G, then 1024 B bytes (row-major).
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+        entry = {"batch_label": f"{name} of 5", "labels": labels.tolist(), "data": data, "filenames": [f"{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+        out[name] = (images, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist_data")
+    make_mnist(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar_data")
+    make_cifar10(root)
+    return root
+
+
+def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (as a user would), with no network and a quiet terminal."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "SEGEN_DATA_DIR": os.environ.get("SEGEN_DATA_DIR", "/nonexistent-segen-data")}
+    return subprocess.run(
+        [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def segen():
+    return run_segen

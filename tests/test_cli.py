@@ -1,0 +1,89 @@
+"""The `segen` command line: help, version, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segen.cli import config_choices
+from segen.config import config_dir
+
+
+def test_help_lists_commands_every_choice_and_examples(segen):
+    result = segen("--help")
+    assert result.returncode == 0
+    out = result.stdout
+    for command in ("train", "sample", "eval"):
+        assert command in out
+    for group, names in config_choices(config_dir()).items():
+        line = next(l for l in out.splitlines() if l.strip().startswith(group + " "))
+        for name in names:
+            assert name in line, (group, name)
+    assert out.count("segen train") + out.count("segen eval") >= 3  # the examples
+
+
+def test_help_and_version_import_no_torch():
+    code = (
+        "import sys, io, contextlib\n"
+        "from segen.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "    main(['--version'])\n"
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'hydra') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_version(segen):
+    from segen import __version__
+
+    result = segen("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"segen {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["bogus"], "unknown command 'bogus'; choose one of: train, sample, eval"),
+        (["train", "model=foo"], "unknown model 'foo'; choose one of: cnn"),
+        (["train", "-m", "data=shapes,nope"], "unknown data 'nope'; choose one of:"),
+        (["train", "trainer=tpu"], "unknown trainer 'tpu'; choose one of: cpu, default, gpu"),
+        (["train", "trainer.nonsense=1"], "unknown config key 'trainer.nonsense'"),
+        (["train", "max_epochs"], "'max_epochs' is not an override; write KEY=VALUE"),
+        (["eval"], "missing required value ckpt; pass ckpt=..."),
+        (["sample"], "missing required value ckpt"),
+        (["eval", "ckpt=/no/such/file.ckpt"], "checkpoint /no/such/file.ckpt does not exist"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(segen, tmp_path, args, expected):
+    result = segen(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path) if args[0] != "bogus" else segen(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    # Nothing ran: no run directory was written.
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_valid_choices_pass_the_check(segen, tmp_path):
+    result = segen("train", "data=mnist", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "segen.data.mnist.MNISTDataModule" in result.stdout
+    # The per-pair recipe was applied (cnn_mnist sets 10 epochs).
+    assert "max_epochs: 10" in result.stdout
+
+
+def test_packaged_config_listing_is_read_from_files():
+    groups = config_choices(config_dir())
+    assert {"model", "data", "trainer", "callbacks", "logger", "paths", "experiment", "debug"} <= set(groups)
+    for group, names in groups.items():
+        for name in names:
+            assert (config_dir() / group / f"{name}.yaml").is_file()
+    assert "hydra" not in groups
+    assert Path(config_dir(), "train.yaml").is_file()
