@@ -7,11 +7,16 @@ which lets every read use `torch.load(weights_only=True)`: a crafted pickle cann
 
 from __future__ import annotations
 
+import os
 import pickle
+import random
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from segen import __version__
@@ -47,8 +52,9 @@ def load_checkpoint(path: str | Path) -> dict:
                 "because unpickling them could run arbitrary code"
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({str(err).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {str(err).splitlines()[0]})") from None
+    except Exception as err:  # torch.load fails in many ways on foreign files (KeyError, EOFError...)
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or not a PyTorch file: {type(err).__name__}: {detail})") from None
     if not isinstance(ckpt, dict) or KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a segen checkpoint (no stored config); pass a checkpoint written by `segen train`")
     return ckpt
@@ -57,3 +63,62 @@ def load_checkpoint(path: str | Path) -> dict:
 def checkpoint_config(ckpt: dict) -> tuple[DictConfig, dict[str, str]]:
     """The run config and group choices stored by `ConfigInCheckpoint`."""
     return OmegaConf.create(ckpt[KEY]["config"]), dict(ckpt[KEY].get("choices", {}))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that never leave a truncated file; reads that never run pickled code.
+
+    A save goes to a temporary file in the target's directory, is flushed and fsync'ed, then
+    renamed over the target (`os.replace` is atomic on POSIX): a kill at any moment leaves
+    either the old complete checkpoint or the new complete one. Every load Lightning does
+    (resume, `ckpt_path="best"`) goes through `weights_only=True`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(path)
+
+
+class RNGStateInCheckpoint(pl.Callback):
+    """Save and restore the torch, CUDA, numpy and Python RNG states, so a resumed run draws
+    the same shuffles, augmentations and dropout masks as one that never stopped. Stored as
+    tensors and plain numbers so the checkpoint stays `weights_only`-loadable."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if not states:
+            return
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        np_state = states["numpy"]
+        np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"]))
+        version, internal, gauss = states["python"]
+        random.setstate((version, tuple(internal), gauss))

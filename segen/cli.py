@@ -8,6 +8,7 @@ are checked before anything heavy loads, so a typo costs a one-line error, not a
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -118,6 +119,60 @@ def check_composes(overrides: list[str], command: str, cfg_dir: Path) -> None:
     missing = [k for k in missing_keys(cfg) if not k.startswith("model.")]
     if missing:
         fail(f"missing required value{'s' if len(missing) > 1 else ''} {', '.join(missing)}; pass {' '.join(f'{k}=...' for k in missing)}", command)
+    check_value_types(overrides, command, cfg_dir, cfg)
+
+
+def _type_name(value) -> str | None:
+    """The type a config value pins down ("an integer", ...), or None if any value goes."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return None
+
+
+def _fits(expected: str, value) -> bool:
+    if value is None:
+        return True
+    if expected == "true or false":
+        return isinstance(value, bool)
+    if expected == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_value_types(overrides: list[str], command: str, cfg_dir: Path, cfg) -> None:
+    """`trainer.max_epochs=abc` fails here, naming the key and the type its default has."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    groups = config_choices(cfg_dir)
+    selections = [o for o in overrides if (_split_override(o) or ("", ""))[0] in groups]
+    values = [o for o in overrides if o not in selections and not o.startswith(("+", "~", "hydra."))]
+    if not values:
+        return
+    with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3", job_name=command):
+        base = compose(config_name=command, overrides=selections)
+    for text in values:
+        key = text.split("=", 1)[0]
+        default = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
+        expected = _type_name(default)
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if expected and not _fits(expected, value):
+            fail(f"{text}: {key} must be {expected} (its default is {default})", command)
+
+
+def check_run_dir(overrides: list[str], command: str) -> None:
+    """A run directory that cannot be created fails before anything runs or is written."""
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            path = Path(value).expanduser().absolute()
+            existing = next(p for p in (path, *path.parents) if p.exists())
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                fail(f"cannot create the run directory {path} ({existing} is not a writable folder); pass {key}=<a writable folder>", command)
 
 
 def _forced_group_keys(overrides: list[str], command: str) -> list[str]:
@@ -136,7 +191,19 @@ def run(command: str, argv: list[str]) -> None:
 
     cfg_dir = _config_dir()
     args = get_args_parser().parse_args(argv)
+    if command == "train" and not args.multirun:
+        from segen.errors import SegenError
+        from segen.resume import resume_overrides
+
+        try:
+            expanded = resume_overrides(args.overrides)
+        except SegenError as err:
+            fail(str(err), command)
+        if expanded != args.overrides:
+            argv = [a for a in argv if a not in args.overrides] + expanded
+            args.overrides = expanded
     check_choices(args.overrides, command, cfg_dir)
+    check_run_dir(args.overrides, command)
     argv = _forced_group_keys(argv, command)
     overrides = _forced_group_keys(args.overrides, command)
     if not (args.multirun or args.help or args.hydra_help or args.shell_completion or args.info):

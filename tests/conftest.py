@@ -88,9 +88,15 @@ def cifar10_root(tmp_path_factory) -> Path:
     return root
 
 
-def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (as a user would), with no network and a quiet terminal."""
+HELPERS = Path(__file__).parent / "helpers"
+
+
+def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (as a user would), with no network and a quiet terminal.
+    `inject=True` puts tests/helpers on the path for fault-injection callbacks."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "SEGEN_DATA_DIR": os.environ.get("SEGEN_DATA_DIR", "/nonexistent-segen-data")}
+    if inject:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -6,12 +6,25 @@ import os
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from segen.checkpoint import ConfigInCheckpoint
+from segen.callbacks import SaveOnInterrupt, StopOnNonFiniteLoss
+from segen.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RNGStateInCheckpoint, checkpoint_config, load_checkpoint
 from segen.commands.common import choices, prepare_data_for_task, quiet_lightning, run_dir
 from segen.config import bind_data_info, build
 from segen.console import console, print_config_tree
+from segen.errors import IncompatibleError
+
+
+def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
+    """The checkpoint to continue from, after checking it is safe to load and of this model."""
+    if not cfg.get("ckpt"):
+        return None
+    _, stored = checkpoint_config(load_checkpoint(cfg.ckpt))
+    if stored.get("model") != model_name:
+        raise IncompatibleError(f"ckpt={cfg.ckpt} holds a {stored.get('model')} model, not {model_name}; pass model={stored.get('model')} or another checkpoint")
+    return str(cfg.ckpt)
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
@@ -29,17 +42,27 @@ def main(cfg: DictConfig) -> dict[str, float]:
         datamodule.prepare_data()
     print_config_tree(cfg, save_to=out / "config_tree.log")
 
+    resume_from = checked_resume_path(cfg, picked.get("model"))
     task = build(cfg.model, "model")
     callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(ConfigInCheckpoint(cfg, picked))
+    # segen's own guarantees: config + RNG state in every checkpoint, save on Ctrl-C/SIGTERM,
+    # stop on NaN before a checkpoint stores it.
+    interrupt = SaveOnInterrupt()
+    callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), interrupt,
+                  StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:
         logger.log_hyperparams({"choices": picked, "seed": cfg.seed})
 
-    trainer.fit(task, datamodule=datamodule)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
+    except SystemExit as stop:  # Lightning exits this way on Ctrl-C and SIGTERM
+        if interrupt.saved is None:
+            raise
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else 130) from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
