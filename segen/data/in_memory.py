@@ -204,9 +204,13 @@ class InMemoryImageDataModule(pl.LightningDataModule):
     # -- uint8 -> float on the device -----------------------------------------------------------
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `[0, 255]` -> float, standardized with the dataset's mean and std."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        # The constants are made once per device (per batch, they were a blocking host->GPU copy
+        # every step), and the arithmetic runs in place on the one float copy of the batch.
+        key = (self.mean, self.std, images.device)
+        if getattr(self, "_mean_std", (None,))[0] != key:
+            self._mean_std = (key, *(torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in (self.mean, self.std)))
+        _, mean, std = self._mean_std
+        return images.float().div_(255.0).sub_(mean).div_(std)
 
     def augment(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-time augmentation of a float batch; masks move with their images."""

@@ -1,0 +1,125 @@
+"""Speed knobs (configs/perf/, trainer precision/benchmark), segen's progress bar, and the
+benchmark's dataset writers. Runs are CPU smoke runs; nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from segen.config import config_dir
+from segen.errors import ConfigError
+from segen.perf import PerformanceKnobs, networks
+
+SMOKE = ("debug=smoke", "trainer=cpu", "test=false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_trainer_gpu_turns_the_knobs_on_and_cpu_leaves_them_off():
+    gpu = composed("trainer=gpu")
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.benchmark is True
+    assert gpu.perf.channels_last and gpu.perf.compile and gpu.perf.float32_matmul_precision == "high"
+    for cpu in (composed("trainer=cpu"), composed()):
+        assert cpu.trainer.precision == "32-true" and cpu.trainer.benchmark is False
+        assert not cpu.perf.channels_last and not cpu.perf.compile and cpu.perf.float32_matmul_precision is None
+    # The perf group can be chosen apart from the trainer, both ways.
+    assert not composed("trainer=gpu", "perf=default").perf.compile
+    assert composed("trainer=cpu", "perf=gpu").perf.channels_last
+
+
+class _Task(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+        self.head = nn.Linear(8, 2)
+        self.no_params = nn.ReLU()
+
+
+def test_knobs_convert_layout_and_compile_in_place_keeping_checkpoint_keys():
+    task = _Task()
+    keys = set(task.state_dict())
+    PerformanceKnobs(channels_last=True, compile=True).setup(None, task, "fit")
+    assert task.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(task.state_dict()) == keys  # no `_orig_mod.` prefix: sample/eval load them as is
+    assert [m for m in networks(task)] == [task.net, task.head]
+
+
+def test_matmul_precision_is_set_and_checked():
+    before = torch.get_float32_matmul_precision()
+    try:
+        PerformanceKnobs(float32_matmul_precision="medium").setup(None, _Task(), "fit")
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    with pytest.raises(ConfigError, match="float32_matmul_precision"):
+        PerformanceKnobs(float32_matmul_precision="fast")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("trainer.precision=bf16-mixed", "perf.channels_last=true", "trainer.benchmark=true", "perf.float32_matmul_precision=high"),
+        ("trainer.precision=bf16-mixed", "model=unet", "perf.channels_last=true"),
+        ("trainer.precision=16-mixed",),
+    ],
+    ids=["cnn-bf16-channels_last-benchmark-matmul", "unet-bf16-channels_last", "cnn-fp16"],
+)
+def test_knobs_train_on_cpu(segen, tmp_path, overrides):
+    run = tmp_path / "run"
+    result = segen("train", *SMOKE, *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "train/loss" in (run / "metrics.csv").read_text()
+
+
+@pytest.mark.slow  # torch.compile on CPU builds C++ kernels: about a minute here
+def test_compile_trains_on_cpu_and_checkpoints_load_uncompiled(segen, tmp_path):
+    run = tmp_path / "run"
+    result = segen("train", *SMOKE, "perf=gpu", "trainer.precision=bf16-mixed", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert state and all(not k.startswith("net._orig_mod") for k in state)
+    ev = segen("eval", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "trainer=cpu", "trainer.limit_test_batches=2", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("segen_bench", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_fixtures_read_back_with_torchvision_and_segen(tmp_path):
+    from torchvision.datasets import MNIST
+
+    from segen.data.cifar10 import _CIFAR10, CIFAR10DataModule
+
+    bench = _bench_module()
+    bench.write_mnist(tmp_path, 50, 10)
+    bench.write_cifar10(tmp_path, 50, 10)
+    mnist = MNIST(str(tmp_path), train=True, download=False)
+    assert mnist.data.shape == (50, 28, 28) and len(mnist.targets) == 50
+    cifar = _CIFAR10(str(tmp_path), train=True, download=False, verify_checksums=False)
+    assert cifar.data.shape == (50, 32, 32, 3) and len(cifar.targets) == 50
+    dm = CIFAR10DataModule(str(tmp_path), download=False, verify_checksums=False, val_split=10, batch_size=8)
+    dm.setup()
+    assert len(dm.splits["train"]) == 40
+
+
+def test_bench_stopwatch_times_the_steps_after_warmup():
+    bench = _bench_module()
+    watch = bench.Stopwatch(warmup=2, steps=3, cuda=False)
+    before = len(bench.Stopwatch.readings)
+    for i in range(6):
+        watch.on_train_batch_end(None, None, None, None, i)
+    assert len(bench.Stopwatch.readings) == before + 1 and bench.Stopwatch.readings[-1] >= 0
