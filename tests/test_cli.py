@@ -19,7 +19,7 @@ def test_help_lists_commands_every_choice_and_examples(segen):
     for command in ("train", "sample", "eval"):
         assert command in out
     for group, names in config_choices(config_dir()).items():
-        line = next(l for l in out.splitlines() if l.strip().startswith(group + " "))
+        line = next(row for row in out.splitlines() if row.strip().startswith(group + " "))
         for name in names:
             assert name in line, (group, name)
     assert out.count("segen train") + out.count("segen eval") >= 3  # the examples

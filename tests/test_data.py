@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_cifar10, make_mnist
 
 from segen.data.cifar10 import CIFAR10DataModule
 from segen.data.in_memory import carve_validation, random_crop, random_hflip
 from segen.data.mnist import MNISTDataModule
 from segen.data.shapes import SHAPES, ShapesDataModule, make_shapes
 from segen.errors import DataError
-
-from conftest import make_cifar10, make_mnist
 
 
 def test_shapes_are_deterministic_by_seed():

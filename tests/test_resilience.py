@@ -65,7 +65,7 @@ def test_sigint_and_sigterm_save_last_and_name_the_resume_command(segen, tmp_pat
     inject = ("+callbacks.stop._target_=fault_injection.SignalAtStep", "+callbacks.stop.step=4", f"+callbacks.stop.signal_name={signal_name}")
     result = segen("train", *TINY, *inject, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
     assert result.returncode == code, result.stderr[-2000:]
-    lines = [l for l in result.stderr.splitlines() if l.startswith("segen train:")]
+    lines = [row for row in result.stderr.splitlines() if row.startswith("segen train:")]
     assert len(lines) == 1 and word in lines[0] and f"resume with: segen train resume={run}" in lines[0]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] in (4, 5)
@@ -101,7 +101,7 @@ def _saver(path: Path, write_fd: int) -> None:
 def test_checkpoint_writes_survive_sigkill_at_random_moments(tmp_path):
     path = tmp_path / "last.ckpt"
     rng = random.Random(0)
-    for trial in range(25):
+    for _trial in range(25):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child

@@ -10,7 +10,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from segen.callbacks import SaveOnInterrupt, StopOnNonFiniteLoss
-from segen.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint, RNGStateInCheckpoint, checkpoint_config, load_checkpoint
+from segen.checkpoint import (
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    RNGStateInCheckpoint,
+    checkpoint_config,
+    load_checkpoint,
+)
 from segen.commands.common import choices, prepare_data_for_task, quiet_lightning, run_dir
 from segen.config import bind_data_info, build
 from segen.console import console, print_config_tree
