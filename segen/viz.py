@@ -50,3 +50,15 @@ def overlay(images: torch.Tensor, colors: torch.Tensor, alpha: float = 0.5) -> t
         images = images.repeat(1, 3, 1, 1)
     blended = images.float() * (1 - alpha) + colors.float() * alpha
     return blended.round().clamp(0, 255).to(torch.uint8)
+
+
+def save_images(images: torch.Tensor, folder: str | Path, names: list[str]) -> list[Path]:
+    """Write uint8 images `(N, C, H, W)` as one PNG each, `folder/<name>.png`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, name in zip(images.cpu(), names, strict=True):
+        path = folder / f"{name}.png"
+        write_png(image, str(path))
+        paths.append(path)
+    return paths

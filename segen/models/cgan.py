@@ -1,0 +1,112 @@
+"""`model=cgan`: class-conditional DCGAN nets, built from segen/models/dcgan.py's blocks.
+
+Generator conditioning (`conditioning=`):
+- "embed": a learned label embedding is joined to z (Mirza & Osindero 2014, with an embedding
+  in place of the one-hot vector), and the DCGAN generator runs on the longer code.
+- "cbn": conditional BatchNorm, every BatchNorm's scale and shift are looked up per class
+  (de Vries et al. 2017; as in SNGAN/BigGAN), so the label acts at every resolution.
+
+Discriminator conditioning (`conditioning=`):
+- "projection": logit = head(phi(x)) + <embed(y), sum-pooled phi(x)> (Miyato & Koyama 2018),
+  so D scores how well the image's features match the class.
+- "concat": a label embedding, broadcast over the image, joined to the input channels.
+
+`num_classes` comes from the data (configs/model/cgan.yaml has `???` for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import nn
+
+from segen.models import dcgan
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; per-class scale (init ~N(1, 0.02)) and shift (0)."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.scale = nn.Embedding(num_classes, num_features)
+        self.shift = nn.Embedding(num_classes, num_features)
+        nn.init.normal_(self.scale.weight, 1.0, 0.02)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    """(z `(N, latent_dim)`, labels `(N,)` long) -> images `(N, channels, size, size)` in [-1, 1]."""
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        num_classes: int,
+        latent_dim: int = 100,
+        width: int = 64,
+        widths: Sequence[int] | None = None,
+        conditioning: str = "embed",
+        embed_dim: int = 50,
+    ):
+        super().__init__()
+        if conditioning not in ("embed", "cbn"):
+            raise ValueError(f"generator conditioning must be 'embed' or 'cbn', got {conditioning!r}")
+        self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
+        self.num_classes, self.conditioning = num_classes, conditioning
+        if conditioning == "embed":
+            self.embed = nn.Embedding(num_classes, embed_dim)
+            nn.init.normal_(self.embed.weight, 0.0, 1.0)  # on the scale of z ~ N(0, 1)
+            self.net = dcgan.Generator(channels, image_size, latent_dim + embed_dim, width, widths)
+        else:
+            norm = partial(ConditionalBatchNorm2d, num_classes=num_classes)
+            self.net = dcgan.Generator(channels, image_size, latent_dim, width, widths, norm=norm)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.conditioning == "embed":
+            return self.net(torch.cat([z, self.embed(labels)], dim=1))
+        x = z.view(len(z), -1, 1, 1)
+        for layer in self.net.layers:
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x
+
+
+class Discriminator(nn.Module):
+    """(images, labels `(N,)` long) -> one logit per image `(N,)`."""
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        num_classes: int,
+        width: int = 64,
+        widths: Sequence[int] | None = None,
+        conditioning: str = "projection",
+        embed_dim: int = 8,
+    ):
+        super().__init__()
+        if conditioning not in ("projection", "concat"):
+            raise ValueError(f"discriminator conditioning must be 'projection' or 'concat', got {conditioning!r}")
+        self.channels, self.image_size = channels, image_size
+        self.num_classes, self.conditioning = num_classes, conditioning
+        if conditioning == "projection":
+            self.net = dcgan.Discriminator(channels, image_size, width, widths)
+            self.embed = nn.Embedding(num_classes, self.net.feature_dim)
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+        else:
+            self.net = dcgan.Discriminator(channels + embed_dim, image_size, width, widths)
+            self.embed = nn.Embedding(num_classes, embed_dim)
+            nn.init.normal_(self.embed.weight, 0.0, 1.0)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.conditioning == "concat":
+            maps = self.embed(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+            return self.net(torch.cat([x, maps], dim=1))
+        h = self.net.features(x)
+        projection = (self.embed(labels) * h.sum(dim=(2, 3))).sum(dim=1)
+        return self.net.head(h).flatten() + projection

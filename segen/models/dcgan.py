@@ -1,0 +1,125 @@
+"""`model=dcgan`: the generator and discriminator of Radford, Metz & Chintala (2016).
+
+The paper's recipe, kept as it is: strided transposed convs up and strided convs down (no
+pooling, no fully connected hidden layers), BatchNorm in both nets except the generator's
+output and the discriminator's input layer, ReLU in G with tanh on the output,
+LeakyReLU(0.2) in D, weights drawn from N(0, 0.02). The optimizer (Adam 2e-4, betas 0.5/0.999)
+is in configs/model/dcgan.yaml.
+
+The paper's nets are for 64 px. Other sizes change only the number of stride-2 stages: the
+stack starts at a 4-7 px map and doubles until it reaches the image size (28 = 7*2*2,
+32 = 4*2*2*2, 64 = 4*2*2*2*2). Widths halve at each doubling in G and double in D, ending at
+`width` (the paper's ngf/ndf = 64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+Norm = Callable[[int], nn.Module]
+
+
+def stage_plan(image_size: int) -> tuple[int, int]:
+    """(start size, number of stride-2 stages) so that start * 2**stages == image_size."""
+    start, stages = image_size, 0
+    while start % 2 == 0 and start // 2 >= 4:
+        start, stages = start // 2, stages + 1
+    if stages < 2 or start > 7:
+        raise ValueError(f"image_size={image_size} is not 4-7 times a power of two >= 4 (e.g. 28, 32, 64)")
+    return start, stages
+
+
+def stage_widths(width: int, stages: int, widths: Sequence[int] | None) -> list[int]:
+    """Feature widths from the small end (D's last stage, G's first) to the image end."""
+    if widths is None:
+        return [width * 2 ** (stages - 1 - i) for i in range(stages)]
+    if len(widths) != stages:
+        raise ValueError(f"widths needs {stages} entries for this image size (one per stride-2 stage), got {len(widths)}")
+    return list(widths)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm scale ~ N(1, 0.02), shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def up_block(in_ch: int, out_ch: int, norm: Norm = nn.BatchNorm2d, kernel: int = 4, stride: int = 2, padding: int = 1) -> list[nn.Module]:
+    """Transposed conv (doubles the size by default) -> norm -> ReLU. No conv bias: the norm has one."""
+    return [nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, padding, bias=False), norm(out_ch), nn.ReLU(inplace=True)]
+
+
+def down_block(in_ch: int, out_ch: int, batchnorm: bool = True) -> list[nn.Module]:
+    """Stride-2 conv (halves the size) -> (BatchNorm) -> LeakyReLU(0.2)."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(out_ch))
+    layers.append(nn.LeakyReLU(0.2, inplace=True))
+    return layers
+
+
+class Generator(nn.Module):
+    """z `(N, latent_dim)` -> images `(N, channels, image_size, image_size)` in [-1, 1].
+
+    `layers` is one flat `nn.Sequential` (conv, norm, ReLU, ...) so that a conditional
+    generator can reuse it and hand the labels to its conditional norms (segen/models/cgan.py).
+    """
+
+    num_classes = None  # unconditional
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        latent_dim: int = 100,
+        width: int = 64,
+        widths: Sequence[int] | None = None,
+        norm: Norm = nn.BatchNorm2d,
+    ):
+        super().__init__()
+        start, stages = stage_plan(image_size)
+        w = stage_widths(width, stages, widths)
+        self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
+        # The paper's "project and reshape": a transposed conv from 1x1 to the start size.
+        layers = up_block(latent_dim, w[0], norm, kernel=start, stride=1, padding=0)
+        for a, b in zip(w[:-1], w[1:], strict=True):
+            layers += up_block(a, b, norm)
+        layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.layers = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z.view(len(z), -1, 1, 1))
+
+
+class Discriminator(nn.Module):
+    """images -> one logit per image (`(N,)`, before the sigmoid).
+
+    `features` maps images to the `(N, feature_dim, s, s)` map at the start size; `head` is a
+    conv over that whole map (the paper's final layer). A projection discriminator adds its
+    class term to the same features (segen/models/cgan.py).
+    """
+
+    def __init__(self, channels: int, image_size: int, width: int = 64, widths: Sequence[int] | None = None):
+        super().__init__()
+        start, stages = stage_plan(image_size)
+        w = stage_widths(width, stages, widths)[::-1]  # image end first
+        self.channels, self.image_size = channels, image_size
+        layers = down_block(channels, w[0], batchnorm=False)  # no BN on D's input (paper, sec. 3)
+        for a, b in zip(w[:-1], w[1:], strict=True):
+            layers += down_block(a, b)
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = w[-1]
+        self.head = nn.Conv2d(w[-1], 1, start, 1, 0)
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).flatten()

@@ -1,0 +1,213 @@
+"""`model=dcgan` and `model=cgan`'s task: adversarial training of a generator and a discriminator.
+
+One LightningModule serves both; it is conditional when the generator has `num_classes`
+(then both nets take the labels as a second argument). `ConditionalGANTask` differs only in
+declaring that the data must provide labels, which `segen train` checks before any work.
+
+Training uses manual optimization (Lightning 2 has no automatic mode for two optimizers):
+every batch takes one discriminator step, and every `d_steps`-th batch also a generator step.
+Lightning counts each optimizer step in `trainer.global_step`, so `trainer.max_steps` counts
+D and G steps together.
+
+A GAN has no validation metric that says "better" (FID needs far more samples than an epoch's
+end can afford), so `monitor` is null: the checkpoint callback then keeps the newest weights
+as best.ckpt, the same as last.ckpt. Progress is watched in `<run dir>/samples/epoch_XXX.png`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segen.errors import ConfigError
+from segen.viz import save_grid, to_uint8
+
+LOSSES = ("bce", "hinge")
+GRID_COLUMNS = 8
+
+
+def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """D's loss on real and fake logits; summed over both halves (as in pytorch/examples/dcgan)."""
+    if kind == "hinge":  # Lim & Ye 2017; used by SNGAN and BigGAN
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    # BCE written with softplus: -log sigmoid(r) - log(1 - sigmoid(f)), stable for any logit.
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """G's loss; "bce" is the non-saturating -log D(G(z)) of Goodfellow et al. 2014, sec. 3."""
+    if kind == "hinge":
+        return -fake.mean()
+    return F.softplus(-fake).mean()
+
+
+class GANTask(pl.LightningModule):
+    """Trains `generator` against `discriminator`; samples with the EMA generator when it has one.
+
+    Logs `train/d_loss`, `train/g_loss`, and `train/d_real`, `train/d_fake`: D's mean output
+    on real and generated images (a probability for "bce", the raw score for "hinge").
+    """
+
+    requires: tuple[str, ...] = ()  # every dataset has images
+    symmetric_inputs = True  # images in [-1, 1], the range of the generator's tanh
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        optimizer_g: Callable,
+        optimizer_d: Callable,
+        loss: str = "bce",
+        d_steps: int = 1,
+        ema_decay: float | None = None,
+        grid_rows: int = 8,
+        monitor: str | None = None,
+        monitor_mode: str = "min",
+    ):
+        super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss} is not a GAN loss; use one of: {', '.join(LOSSES)}")
+        if d_steps < 1:
+            raise ConfigError(f"model.d_steps must be >= 1 (discriminator steps per generator step), got {d_steps}")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        self.automatic_optimization = False
+        self.generator, self.discriminator = generator, discriminator
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
+        self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
+        self.num_classes: int | None = getattr(generator, "num_classes", None)
+        self.latent_dim: int = generator.latent_dim
+        if ema_decay is not None:
+            # A frozen copy whose weights trail the generator's; saved in the state_dict.
+            self.generator_ema = copy.deepcopy(generator).requires_grad_(False).eval()
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        # Fixed noise (and labels: one row per class) for the per-epoch grid, the same every run.
+        rows = self.num_classes or grid_rows
+        fixed = torch.Generator().manual_seed(0)
+        self.register_buffer("grid_noise", torch.randn(rows * GRID_COLUMNS, self.latent_dim, generator=fixed), persistent=False)
+        self.register_buffer("grid_labels", torch.arange(rows).repeat_interleave(GRID_COLUMNS), persistent=False)
+
+    # -- the nets, with or without labels ---------------------------------------------------------
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def sampler(self) -> nn.Module:
+        """The generator used for samples: the EMA copy when there is one."""
+        return self.generator_ema if self.ema_decay is not None else self.generator
+
+    def _generate(self, net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return net(z, labels) if self.conditional else net(z)
+
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.discriminator(images, labels) if self.conditional else self.discriminator(images)
+
+    def _d_output(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits).mean() if self.loss == "bce" else logits.mean()
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        real, labels = batch
+        labels = labels if self.conditional else None
+        size = self.generator.image_size
+        if real.shape[-1] != size:  # model.generator.image_size overridden away from the data's
+            real = F.interpolate(real, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        opt_g, opt_d = self.optimizers()
+        # Fakes carry the batch's own labels, so they follow the data's class frequencies.
+        z = torch.randn(len(real), self.latent_dim, device=self.device)
+        fake = self._generate(self.generator, z, labels)
+
+        d_real = self._discriminate(real, labels)
+        d_fake = self._discriminate(fake.detach(), labels)
+        d_loss = discriminator_loss(self.loss, d_real, d_fake)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        self.log_dict({"train/d_loss": d_loss, "train/d_real": self._d_output(d_real), "train/d_fake": self._d_output(d_fake)}, prog_bar=True)
+
+        if (batch_idx + 1) % self.d_steps == 0:
+            self.toggle_optimizer(opt_g)  # D's weights need no gradients during G's step
+            g_loss = generator_loss(self.loss, self._discriminate(fake, labels))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.untoggle_optimizer(opt_g)
+            if self.ema_decay is not None:
+                self._update_ema()
+            self.log("train/g_loss", g_loss, prog_bar=True)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates=...): early on, the
+        # average follows fast instead of dragging the random initial weights along.
+        self.ema_updates += 1
+        n = float(self.ema_updates)
+        decay = min(self.ema_decay, (1 + n) / (10 + n))
+        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            ema.lerp_(live, 1 - decay)
+        for ema, live in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            if ema.is_floating_point():  # BatchNorm running statistics
+                ema.lerp_(live, 1 - decay)
+            else:  # counters
+                ema.copy_(live)
+
+    def configure_optimizers(self):
+        return [self.optimizer_g(params=self.generator.parameters()), self.optimizer_d(params=self.discriminator.parameters())]
+
+    # -- samples ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, noise: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Images in [-1, 1] for `noise` `(N, latent_dim)` (and `labels` `(N,)` for cgan), on CPU.
+
+        The generator runs in eval mode (BatchNorm on its running statistics), so an image
+        depends only on its own noise and label, never on the batch it was drawn in.
+        """
+        if self.conditional and labels is None:
+            raise ValueError("a conditional generator needs labels")
+        net = self.sampler
+        was_training = net.training
+        net.eval()
+        try:
+            out = []
+            for start in range(0, len(noise), batch_size):
+                z = noise[start : start + batch_size].to(self.device)
+                y = labels[start : start + batch_size].to(self.device) if self.conditional else None
+                out.append(self._generate(net, z, y).float().cpu())
+        finally:
+            net.train(was_training)
+        return torch.cat(out)
+
+    def on_train_epoch_end(self) -> None:
+        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        images = to_uint8(self.sample(self.grid_noise, self.grid_labels if self.conditional else None))
+        path = Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png"
+        save_grid(images, path, nrow=GRID_COLUMNS)
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=255)
+        for logger in self.trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(logger, "log_image"):  # wandb, neptune, ...
+                logger.log_image(key="samples", images=[grid], step=self.global_step)
+            elif hasattr(experiment, "add_image"):  # TensorBoard
+                experiment.add_image("samples", grid, self.global_step)
+
+
+class ConditionalGANTask(GANTask):
+    """`model=cgan`: the same training, with a class-conditional generator and discriminator."""
+
+    requires = ("labels",)
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *args, **kwargs):
+        if getattr(generator, "num_classes", None) is None:
+            raise ConfigError("model=cgan needs a class-conditional generator (segen.models.cgan.Generator)")
+        super().__init__(generator, discriminator, *args, **kwargs)

@@ -1,0 +1,120 @@
+"""`segen sample`: files written, grid dimensions, byte-identical output, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_segen
+from PIL import Image
+
+TINY = ["debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8"]
+
+
+def train_tiny(tmp_path_factory, model: str) -> Path:
+    root = tmp_path_factory.mktemp(model)
+    result = run_segen("train", f"model={model}", "data=shapes", *TINY, f"hydra.run.dir={root}/run", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def dcgan_ckpt(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory, "dcgan")
+
+
+@pytest.fixture(scope="module")
+def cgan_ckpt(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory, "cgan")
+
+
+def sample(tmp_path: Path, *args: str):
+    return run_segen("sample", *args, f"hydra.run.dir={tmp_path}/hydra", cwd=tmp_path)
+
+
+def grid_size(rows: int, cols: int, size: int = 32, padding: int = 2) -> tuple[int, int]:
+    return cols * (size + padding) + padding, rows * (size + padding) + padding
+
+
+def test_dcgan_same_seed_same_bytes(dcgan_ckpt, tmp_path):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        result = sample(tmp_path, f"ckpt={dcgan_ckpt}", "n=16", f"seed={seed}", f"out={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    a, b, c = (tmp_path / n for n in "abc")
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert len(files) == 17  # grid + 16 images
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    assert (a / "grid.png").read_bytes() != (c / "grid.png").read_bytes()
+    assert Image.open(a / "grid.png").size == grid_size(4, 4)
+    assert Image.open(a / "images" / "0000.png").size == (32, 32)
+
+
+def test_dcgan_npz_holds_the_same_images(dcgan_ckpt, tmp_path):
+    for fmt in ("png", "npz"):
+        result = sample(tmp_path, f"ckpt={dcgan_ckpt}", "n=5", "seed=3", f"format={fmt}", f"out={tmp_path / fmt}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "npz").iterdir()) == ["grid.png", "samples.npz"]
+    images = np.load(tmp_path / "npz" / "samples.npz")["images"]
+    assert images.shape == (5, 3, 32, 32) and images.dtype == np.uint8
+    first = np.asarray(Image.open(tmp_path / "png" / "images" / "0000.png")).transpose(2, 0, 1)
+    assert np.array_equal(images[0], first)
+    assert Image.open(tmp_path / "png" / "grid.png").size == grid_size(2, 3)
+
+
+def test_cgan_per_class_grid_has_a_row_per_class(cgan_ckpt, tmp_path):
+    result = sample(tmp_path, f"ckpt={cgan_ckpt}", "per_class=3", "seed=0", f"out={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert Image.open(out / "grid.png").size == grid_size(4, 3)
+    names = ["0_circle", "1_square", "2_triangle", "3_cross"]
+    for name in names:
+        assert Image.open(out / f"grid_{name}.png").size == grid_size(1, 3)
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert len(images) == 12
+    assert images[:4] == ["0000_circle.png", "0001_circle.png", "0002_circle.png", "0003_square.png"]
+
+
+def test_cgan_labels_by_index_or_name(cgan_ckpt, tmp_path):
+    result = sample(tmp_path, f"ckpt={cgan_ckpt}", "labels=[triangle,1]", "n=3", "format=npz", f"out={tmp_path}/o")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = np.load(tmp_path / "o" / "samples.npz")
+    assert data["labels"].tolist() == [2, 1, 2]
+    assert list(data["class_names"]) == ["circle", "square", "triangle", "cross"]
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["n=0"], "n=0 is not a number of images"),
+        (["n=-3"], "n=-3 is not a number of images"),
+        (["format=jpg"], "format=jpg is not supported"),
+        (["labels=[1]"], "unconditional"),
+        (["per_class=2"], "unconditional"),
+        (["model=cnn"], "contradicts the checkpoint"),
+    ],
+)
+def test_dcgan_user_mistakes_are_one_line(dcgan_ckpt, tmp_path, args, expected):
+    result = sample(tmp_path, f"ckpt={dcgan_ckpt}", *args)
+    assert result.returncode == 2
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [(["labels=[4]"], "label 4 is not a class"), (["labels=[dog]"], "label 'dog' is not a class"), (["per_class=0"], "per_class=0")],
+)
+def test_cgan_user_mistakes_are_one_line(cgan_ckpt, tmp_path, args, expected):
+    result = sample(tmp_path, f"ckpt={cgan_ckpt}", *args)
+    assert result.returncode == 2
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_classifier_checkpoint_keeps_its_one_line_error(tmp_path):
+    config = "model:\n  _target_: segen.tasks.classification.ClassificationTask\ndata:\n  _target_: segen.data.shapes.ShapesDataModule\n"
+    ckpt = tmp_path / "cnn.ckpt"
+    torch.save({"state_dict": {}, "segen": {"version": "0", "config": config, "choices": {"model": "cnn", "data": "shapes"}}}, ckpt)
+    result = sample(tmp_path, f"ckpt={ckpt}")
+    assert result.returncode == 2
+    assert "cnn is not a generative model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
