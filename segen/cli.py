@@ -8,6 +8,7 @@ are checked before anything heavy loads, so a typo costs a one-line error, not a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -164,6 +165,17 @@ def check_value_types(overrides: list[str], command: str, cfg_dir: Path, cfg) ->
             fail(f"{text}: {key} must be {expected} (its default is {default})", command)
 
 
+def check_launcher(overrides: list[str], command: str) -> None:
+    """`hydra/launcher=slurm` (and submitit_local/submitit_slurm) need an optional plugin."""
+    import importlib.util
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                fail(f"hydra/launcher={value} needs Hydra's submitit launcher; install it with: pip install 'segen[slurm]'", command)
+
+
 def check_run_dir(overrides: list[str], command: str) -> None:
     """A run directory that cannot be created fails before anything runs or is written."""
     for text in overrides:
@@ -183,6 +195,47 @@ def _forced_group_keys(overrides: list[str], command: str) -> list[str]:
     return [f"++{o}" if o.startswith(("data.", "model.")) else o for o in overrides]
 
 
+# Set while a job runs, so the processes Lightning starts for ranks > 0 know they re-run a job
+# that rank 0 has already checked (and expanded, for resume=).
+RELAUNCH_ENV = "SEGEN_RELAUNCHED_JOB"
+_HYDRA_SWEEP_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.sweep", "hydra.launcher", "hydra/launcher", "hydra.sweeper", "hydra/sweeper")
+
+
+@contextlib.contextmanager
+def relaunchable_job(command: str, entry: str):
+    """While one Hydra job runs, make `sys.argv` the command that re-runs exactly that job.
+
+    Lightning's DDP launcher starts ranks > 0 as `python <sys.argv[0]> <sys.argv[1:]>`, or
+    `python -m <module> <sys.argv[1:]>` under `python -m`, then appends `hydra.run.dir=<run.dir>`
+    and `hydra.output_subdir=null`. During the job, sys.argv therefore reads
+    `<segen script> <command> <this job's overrides>`: a runnable command (not the "segen train"
+    label Hydra's usage line shows), single-run even inside a sweep (a `-m` would make every rank
+    start the whole sweep again), with this job's folder as run.dir (in a sweep, run.dir is the
+    unused single-run pattern). Afterwards the process is reset for the next job of a sweep:
+    sys.argv, the environment (Lightning leaves LOCAL_RANK/WORLD_SIZE/MASTER_PORT behind, which
+    would make the next job wait for ranks that never come) and the process group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    hydra_cfg = HydraConfig.get()
+    carried = [o for o in hydra_cfg.overrides.hydra if not o.startswith(_HYDRA_SWEEP_KEYS)]
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [entry, command, *hydra_cfg.overrides.task, *carried]
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    os.environ[RELAUNCH_ENV] = "1"
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch_dist = sys.modules.get("torch.distributed")
+        if torch_dist is not None and torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
 def run(command: str, argv: list[str]) -> None:
     import importlib
 
@@ -190,8 +243,11 @@ def run(command: str, argv: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
 
     cfg_dir = _config_dir()
+    entry = os.path.abspath(sys.argv[0])  # the `segen` script: what DDP ranks > 0 re-run
     args = get_args_parser().parse_args(argv)
-    if command == "train" and not args.multirun:
+    # A DDP rank > 0 re-runs overrides that rank 0 has already checked and expanded.
+    relaunched = os.environ.get(RELAUNCH_ENV) == "1"
+    if command == "train" and not args.multirun and not relaunched:
         from segen.errors import SegenError
         from segen.resume import resume_overrides
 
@@ -202,11 +258,13 @@ def run(command: str, argv: list[str]) -> None:
         if expanded != args.overrides:
             argv = [a for a in argv if a not in args.overrides] + expanded
             args.overrides = expanded
-    check_choices(args.overrides, command, cfg_dir)
-    check_run_dir(args.overrides, command)
+    if not relaunched:
+        check_choices(args.overrides, command, cfg_dir)
+        check_launcher(args.overrides, command)
+        check_run_dir(args.overrides, command)
     argv = _forced_group_keys(argv, command)
     overrides = _forced_group_keys(args.overrides, command)
-    if not (args.multirun or args.help or args.hydra_help or args.shell_completion or args.info):
+    if not (relaunched or args.multirun or args.help or args.hydra_help or args.shell_completion or args.info):
         check_composes(overrides, command, cfg_dir)
 
     module = importlib.import_module(f"segen.commands.{MODULES[command]}")
@@ -215,7 +273,8 @@ def run(command: str, argv: list[str]) -> None:
         from segen.errors import SegenError
 
         try:
-            return module.main(cfg)
+            with relaunchable_job(command, entry):
+                return module.main(cfg)
         except SegenError as err:
             fail(str(err), command)
 

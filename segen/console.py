@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,7 +10,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-console = Console()
+# Rank variables set by the launchers segen runs under: torchrun (RANK), Lightning's DDP
+# launcher (LOCAL_RANK for ranks > 0 on a node, NODE_RANK for nodes > 0), SLURM (SLURM_PROCID).
+_RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (or the only one), known before any Trainer exists.
+
+    Only rank 0 prints and writes run files; the other ranks train and stay quiet.
+    """
+    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+
+
+console = Console(quiet=not is_rank_zero())
 
 
 def config_tree(cfg, order: tuple[str, ...] = ("data", "model", "trainer", "callbacks", "logger", "paths")) -> Tree:
@@ -28,6 +42,8 @@ def config_tree(cfg, order: tuple[str, ...] = ("data", "model", "trainer", "call
 
 def print_config_tree(cfg, save_to: Path | None = None) -> None:
     """Print the config tree and keep a plain-text copy next to the run's other files."""
+    if not is_rank_zero():
+        return
     tree = config_tree(cfg)
     console.print(tree)
     if save_to is not None:

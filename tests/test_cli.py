@@ -50,9 +50,9 @@ def test_version(segen):
     "args,expected",
     [
         (["bogus"], "unknown command 'bogus'; choose one of: train, sample, eval"),
-        (["train", "model=foo"], "unknown model 'foo'; choose one of: cnn"),
+        (["train", "model=foo"], "unknown model 'foo'; choose one of: cgan, cnn, dcgan, unet"),
         (["train", "-m", "data=shapes,nope"], "unknown data 'nope'; choose one of:"),
-        (["train", "trainer=tpu"], "unknown trainer 'tpu'; choose one of: cpu, default, gpu"),
+        (["train", "trainer=tpu"], "unknown trainer 'tpu'; choose one of: cpu, ddp, ddp_cpu, default, gpu"),
         (["train", "trainer.nonsense=1"], "unknown config key 'trainer.nonsense'"),
         (["train", "max_epochs"], "'max_epochs' is not an override; write KEY=VALUE"),
         (["eval"], "missing required value ckpt; pass ckpt=..."),

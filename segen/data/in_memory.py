@@ -5,15 +5,25 @@ images stay as one uint8 tensor. A batch is gathered with one indexing op, cross
 device as uint8 (4x fewer bytes than float), and is converted, augmented and normalized there
 in `on_after_batch_transfer`. The loader is a plain `DataLoader` over a dataset with
 `__getitems__`, so Lightning can still swap in a `DistributedSampler` under DDP.
+
+Under DDP (W processes), every epoch of the training split is one shuffled permutation (the same
+on all ranks: seeded with the run's seed and the epoch), dealt out rank::W, so the ranks see
+disjoint shards. When W does not divide N, Lightning's `DistributedSampler` pads the permutation
+with its own first W - (N mod W) images (at most W - 1), which are then seen twice in that epoch;
+each rank then drops its last incomplete batch, as one process does. Evaluation splits are dealt out without
+padding (`UnrepeatedDistributedSampler`: ranks may differ by one image), so every image is scored
+exactly once and val/test metrics equal the single-process ones.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from segen.errors import DataError
@@ -184,11 +194,21 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.splits["test"] = self._tensor_dataset(self.load_split(train=False))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.splits[split]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        sampler = None
+        if not train and 1 < world <= len(dataset):
+            # No padding: Lightning's own sampler would repeat images to even out the ranks, and
+            # metrics would count them twice. (Each rank still gets >= 1 batch, as DDP's first
+            # evaluation forward syncs buffers.)
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
         return DataLoader(
-            self.splits[split],
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            drop_last=train and len(self.splits[split]) > self.batch_size,
+            sampler=sampler,
+            # Keep full batches only, unless this rank's shard is smaller than one batch.
+            drop_last=train and math.ceil(len(dataset) / world) > self.batch_size,
             collate_fn=already_batched,
         )
 

@@ -1,0 +1,97 @@
+"""The summary of a sweep (`segen train -m model=cnn,unet ...`): one row per job, its final metric.
+
+A Hydra callback (registered in configs/hydra/default.yaml). Each job leaves `result.json` in its
+own folder (on_job_end runs where the job runs: in this process for the basic launcher, on the
+cluster node for submitit), and at the end of the sweep the submitting process reads them all,
+prints a table and writes `summary.json` in the sweep folder. Reading files rather than keeping
+results in memory is what makes it work for remote launchers too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+RESULT_FILE = "result.json"
+SUMMARY_FILE = "summary.json"
+
+
+def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
+    """What one job reports: its overrides, status, the metric it was tuned for and all metrics."""
+    metrics: dict[str, float] = {}
+    error = None
+    if job_return.status == JobStatus.COMPLETED:
+        value = job_return.return_value
+        if isinstance(value, dict):
+            metrics = {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))}
+    else:
+        try:
+            job_return.return_value  # noqa: B018 - raises the job's exception
+        except Exception as err:  # the job failed; its exception is what to report
+            error = f"{type(err).__name__}: {err}".splitlines()[0]
+    return {
+        "job": int(config.hydra.job.num),
+        "overrides": list(job_return.overrides or []),
+        "status": job_return.status.name if job_return.status is not None else "UNKNOWN",
+        "monitor": OmegaConf.select(config, "model.monitor", default=None),
+        "metrics": metrics,
+        "error": error,
+        "run_dir": str(config.hydra.runtime.output_dir),
+    }
+
+
+def final_metric(record: dict[str, Any]) -> tuple[str, float | None]:
+    """The job's headline number: its monitored metric (val/acc, val/miou, ...) at the end."""
+    metrics = record["metrics"]
+    name = record.get("monitor") or next(iter(sorted(metrics)), "")
+    return name, metrics.get(name)
+
+
+def summary_table(records: list[dict[str, Any]], title: str):
+    """Rows: job, the overrides that differ between jobs (the shared ones go in the caption),
+    status, metric name, its final value and, for a val/ metric, its test/ counterpart."""
+    from rich.table import Table
+
+    shared = [o for o in records[0]["overrides"] if all(o in r["overrides"] for r in records)] if len(records) > 1 else []
+    table = Table(title=title, caption=f"all jobs: {' '.join(shared)}" if shared else None)
+    for column, justify in (("job", "right"), ("overrides", "left"), ("status", "left"), ("metric", "left"), ("final", "right"), ("test", "right")):
+        table.add_column(column, justify=justify)
+    for record in records:
+        varying = [o for o in record["overrides"] if o not in shared]
+        name, value = final_metric(record)
+        test = record["metrics"].get(name.replace("val/", "test/", 1)) if name.startswith("val/") else None
+        cells = [f"{v:.4f}" if v is not None and not math.isnan(v) else "-" for v in (value, test)]
+        status = record["status"] if not record["error"] else f"{record['status']}: {record['error']}"
+        table.add_row(str(record["job"]), " ".join(varying), status, name or "-", *cells)
+    return table
+
+
+class SweepSummary(Callback):
+    """Per job: write `result.json`. After a sweep: print every job's final metric, write `summary.json`."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from segen.console import is_rank_zero
+
+        if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
+            return
+        record = job_record(config, job_return)
+        Path(record["run_dir"], RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from segen.console import console
+
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        records = sorted((json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{RESULT_FILE}")), key=lambda r: r["job"])
+        if not records:
+            return
+        path = sweep_dir / SUMMARY_FILE
+        path.write_text(json.dumps({"sweep_dir": str(sweep_dir), "jobs": records}, indent=2) + "\n")
+        console.print(summary_table(records, f"sweep: {len(records)} jobs"))
+        console.print(f"[bold]Sweep directory:[/] {sweep_dir}  [bold]Summary:[/] {path}")
