@@ -15,21 +15,8 @@ import argparse
 
 import torch
 
-from segen.checkpoint import checkpoint_config, load_checkpoint
-from segen.commands.common import prepare_data_for_task
-from segen.config import build
+from segen.commands.common import load_task
 from segen.viz import to_uint8
-
-
-def load_task(path: str):
-    """(task with weights, datamodule, model name) from a segen checkpoint, no Hydra app needed."""
-    ckpt = load_checkpoint(path)
-    cfg, choices = checkpoint_config(ckpt)
-    datamodule = build(cfg.data, "data")
-    prepare_data_for_task(cfg.model, datamodule, choices.get("model"), choices.get("data"))
-    task = build(cfg.model, "model")
-    task.load_state_dict(ckpt["state_dict"])
-    return task.eval(), datamodule, choices.get("model")
 
 
 def main() -> None:
@@ -40,8 +27,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    gan, gan_data, gan_name = load_task(args.cgan_ckpt)
-    cnn, cnn_data, cnn_name = load_task(args.cnn_ckpt)
+    gan_cfg, gan, gan_data = load_task(args.cgan_ckpt)
+    cnn_cfg, cnn, cnn_data = load_task(args.cnn_ckpt)
+    gan, cnn = gan.eval(), cnn.eval()
+    gan_name, cnn_name = gan_cfg.choices.get("model"), cnn_cfg.choices.get("model")
     if not getattr(gan, "conditional", False):
         raise SystemExit(f"{args.cgan_ckpt} holds a {gan_name} model, not a class-conditional generator")
     names = list(gan_data.class_names)

@@ -169,15 +169,8 @@ def test_unet_on_shapes_trains_evaluates_and_samples(segen, tmp_path: Path):
 
 
 def restore_without_hydra(ckpt: Path):
-    """What `segen.commands.common.restore` does, minus the Hydra run context."""
-    from segen.checkpoint import checkpoint_config, load_checkpoint
-    from segen.commands.common import prepare_data_for_task
-    from segen.config import build
+    """What `segen sample` rebuilds from a checkpoint, minus the Hydra run context."""
+    from segen.commands.common import load_task
 
-    state = load_checkpoint(ckpt)
-    run_cfg, stored = checkpoint_config(state)
-    dm = build(run_cfg.data, "data")
-    prepare_data_for_task(run_cfg.model, dm, stored.get("model"), stored.get("data"))
-    task = build(run_cfg.model, "model")
-    task.load_state_dict(state["state_dict"])
+    run_cfg, task, dm = load_task(ckpt)
     return task, dm, run_cfg

@@ -66,6 +66,11 @@ def restore(cfg: DictConfig):
         except Exception as err:  # omegaconf raises ConfigKeyError/ValidationError subclasses
             raise ConfigError(f"cannot apply {group} overrides to this checkpoint's config: {str(err).splitlines()[0]}") from None
         OmegaConf.set_struct(run_cfg[group], False)
+    return rebuild(ckpt, run_cfg, stored)
+
+
+def rebuild(ckpt: dict, run_cfg: DictConfig, stored: dict[str, str]):
+    """(run config with `choices`, task with the checkpoint's weights, datamodule fitted to it)."""
     datamodule = build(run_cfg.data, "data")
     prepare_data_for_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
     task = build(run_cfg.model, "model")
@@ -73,6 +78,12 @@ def restore(cfg: DictConfig):
     with open_dict(run_cfg):
         run_cfg.choices = stored
     return run_cfg, task, datamodule
+
+
+def load_task(path) -> tuple[DictConfig, object, object]:
+    """`restore` for scripts and tests: the checkpoint alone, no overrides, no Hydra app."""
+    ckpt = load_checkpoint(path)
+    return rebuild(ckpt, *checkpoint_config(ckpt))
 
 
 _LIGHTNING_NOISE = (

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from segen.tasks.optim import build_optimizers
+from segen.tasks.supervised import SupervisedTask
 
 
-class ClassificationTask(pl.LightningModule):
+class ClassificationTask(SupervisedTask):
     """Trains any `nn.Module` that maps images to class logits; exposes `num_classes`.
 
     Logs `train/loss`, `val/loss`, `val/acc`, `test/loss`, `test/acc` and per-class test
@@ -31,20 +29,12 @@ class ClassificationTask(pl.LightningModule):
         monitor: str = "val/acc",
         monitor_mode: str = "max",
     ):
-        super().__init__()
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         self.label_smoothing = label_smoothing
-        # Read by the checkpoint callback (configs/callbacks) to pick best.ckpt.
-        self.monitor, self.monitor_mode = monitor, monitor_mode
         n = net.num_classes
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes=n, average=None)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -56,7 +46,7 @@ class ClassificationTask(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         self.val_acc.update(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), prog_bar=False)
+        self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
@@ -64,7 +54,7 @@ class ClassificationTask(pl.LightningModule):
         logits = self(images)
         self.test_acc.update(logits, labels)
         self.test_class_acc.update(logits, labels)
-        self.log("test/loss", F.cross_entropy(logits, labels))
+        self.log("test/loss", F.cross_entropy(logits, labels), sync_dist=True)
         self.log("test/acc", self.test_acc)
 
     def on_test_epoch_end(self):
@@ -77,6 +67,3 @@ class ClassificationTask(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(dm, "class_names", None)
         return list(names) if names is not None else [str(i) for i in range(self.net.num_classes)]
-
-    def configure_optimizers(self):
-        return build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)

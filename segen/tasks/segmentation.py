@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import JaccardIndex
 
 from segen.data.in_memory import IGNORE_INDEX
-from segen.tasks.optim import build_optimizers
+from segen.tasks.supervised import SupervisedTask
 
 
 def iou_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,7 +52,7 @@ def summed_confmat(metric: JaccardIndex) -> torch.Tensor:
         return metric.confmat.clone()
 
 
-class SegmentationTask(pl.LightningModule):
+class SegmentationTask(SupervisedTask):
     """Trains any `nn.Module` mapping images to per-pixel logits `(N, K, H, W)`; exposes `num_classes`.
 
     Loss: cross-entropy (optionally class-weighted) + `dice_weight` x soft Dice; 255 = ignore.
@@ -74,12 +73,8 @@ class SegmentationTask(pl.LightningModule):
         monitor: str = "val/miou",
         monitor_mode: str = "max",
     ):
-        super().__init__()
-        self.net = net
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         self.dice_weight = dice_weight
-        self.monitor, self.monitor_mode = monitor, monitor_mode
         n = net.num_classes
         if class_weights is not None and len(class_weights) != n:
             raise ValueError(f"class_weights needs {n} entries (one per class), got {len(class_weights)}")
@@ -92,9 +87,6 @@ class SegmentationTask(pl.LightningModule):
     @property
     def num_classes(self) -> int:
         return self.net.num_classes
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
@@ -120,7 +112,7 @@ class SegmentationTask(pl.LightningModule):
         metric.update(logits.argmax(1), masks)
         valid = (masks != IGNORE_INDEX).any()
         if valid:  # a batch of void pixels only has no loss
-            self.log(f"{stage}/loss", self.loss(logits, masks), batch_size=len(images))
+            self.log(f"{stage}/loss", self.loss(logits, masks), batch_size=len(images), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, self.val_iou, "val")
@@ -147,6 +139,4 @@ class SegmentationTask(pl.LightningModule):
         names = getattr(dm, "mask_class_names", None)
         return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
 
-    def configure_optimizers(self):
-        return build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
 
