@@ -15,6 +15,10 @@ from segen.errors import ConfigError
 
 
 def main(cfg: DictConfig) -> dict[str, float]:
+    from segen.commands import evaluate_gan
+
+    if evaluate_gan.handles(cfg.ckpt):  # generators: FID/KID/IS (segen/commands/evaluate_gan.py)
+        return evaluate_gan.main(cfg)
     if cfg.split not in ("train", "val", "test"):
         raise ConfigError(f"split={cfg.split} is not a split; use split=test, split=val or split=train")
     start = time.time()
@@ -31,6 +35,10 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     # Keys are "<split>/<metric>" or, per class, "<split>/<metric>/<class name>".
     overall = {k: v for k, v in metrics.items() if k.count("/") == 1}
+    # Segmentation data can score at the training size or the labels' own (data.eval_resolution).
+    resolution = getattr(datamodule, "resolution_text", None)
+    if resolution:
+        console.print(f"[bold]Resolution:[/] {resolution}")
     console.print(metrics_table(f"{run_cfg.choices.get('model')} on {run_cfg.choices.get('data')}, {cfg.split} split", overall))
     per_class: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
@@ -46,10 +54,12 @@ def main(cfg: DictConfig) -> dict[str, float]:
         "data": run_cfg.choices.get("data"),
         "split": cfg.split,
         "num_images": len(datamodule.splits[cfg.split]),
+        **({"resolution": resolution} if resolution else {}),
         "metrics": metrics,
         "elapsed_s": round(time.time() - start, 3),
     }
-    path = run_dir() / "metrics.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[bold]Wrote[/] {path}")
+    if trainer.is_global_zero:  # under DDP every rank gets here; one writes
+        path = run_dir() / "metrics.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"[bold]Wrote[/] {path}")
     return metrics

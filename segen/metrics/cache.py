@@ -1,0 +1,96 @@
+"""The real side of FID/KID, computed once and kept on disk (`paths.cache_dir`).
+
+An entry holds the raw features of the real images, `(n_real, d)` float32 (80 MB for 10k
+Inception features): FID's mean and covariance are rebuilt from them in a fraction of a second,
+and KID needs them as they are. The key is a sha256 over
+- the real images themselves (their bytes: dataset, split, subset and n_real in one, so data
+  that changed on disk never hits an old entry),
+- the feature network's fingerprint (weights sha256, layer, resize mode, input normalization),
+- a format version,
+so a changed feature network never reuses stale statistics. The file name also spells out data,
+split, n_real and network for people browsing the folder. Writes are atomic; an unreadable
+entry is recomputed and replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from segen.metrics.features import FeatureNet, extract, slices
+
+CACHE_VERSION = 1  # bump when features are computed differently, so old entries are not reused
+
+
+@dataclass
+class RealFeatures:
+    features: torch.Tensor
+    hit: bool
+    path: Path | None  # None when caching is off
+
+
+def images_sha256(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
+
+
+def cache_key(images: torch.Tensor, net: FeatureNet) -> str:
+    description = {"version": CACHE_VERSION, "images": images_sha256(images), "shape": list(images.shape), "features": net.fingerprint}
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(cache_dir: Path, label: str, key: str) -> Path:
+    return cache_dir / "real_features" / f"{label}_{key[:16]}.pt"
+
+
+def _load(path: Path, key: str) -> torch.Tensor | None:
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # truncated or foreign file: recompute, never trust it
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("features"), torch.Tensor):
+        return None
+    return entry["features"]
+
+
+def _save(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(entry, f)
+        os.replace(tmp, path)  # readers see the old entry or the new one, never half of one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def real_features(
+    images: torch.Tensor,
+    net: FeatureNet,
+    cache_dir: str | Path | None,
+    label: str,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+) -> RealFeatures:
+    """Features of uint8 `images` under `net`, from the cache when an entry matches.
+
+    `label` (e.g. "shapes-train-4500-inception") names the file; `cache_dir=None` turns caching off.
+    """
+    if cache_dir is None:
+        return RealFeatures(extract(net, slices(images, batch_size), device)[0], hit=False, path=None)
+    key = cache_key(images, net)
+    path = cache_path(Path(cache_dir).expanduser(), label, key)
+    cached = _load(path, key)
+    if cached is not None:
+        return RealFeatures(cached, hit=True, path=path)
+    features = extract(net, slices(images, batch_size), device)[0].contiguous()
+    _save(path, {"key": key, "features": features, "label": label, "protocol": json.dumps(net.protocol), "version": CACHE_VERSION})
+    return RealFeatures(features, hit=False, path=path)
