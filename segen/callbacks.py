@@ -87,3 +87,13 @@ class StopOnNonFiniteLoss(pl.Callback):
             f"training loss became NaN/inf by epoch {trainer.current_epoch}, step {trainer.global_step}; stopped, "
             f"{kept}; lower model.optimizer.lr or set trainer.gradient_clip_val"
         )
+
+
+class FlushLogsOnCheckpoint(pl.Callback):
+    """Write buffered logger rows whenever a checkpoint is saved (the CSV logger otherwise
+    flushes every 100 steps), so a run killed after a checkpoint has logs up to that
+    checkpoint, and a resumed run's metrics.csv has no gap."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            logger.save()

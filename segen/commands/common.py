@@ -89,7 +89,6 @@ def load_task(path) -> tuple[DictConfig, object, object]:
 _LIGHTNING_NOISE = (
     "litlogger",  # an advert printed on every run
     "already configured with model summary",  # we configure RichModelSummary on purpose
-    "Experiment logs directory",  # the run dir already holds Hydra's files; nothing is deleted
     "LeafSpec",  # a Lightning-internal deprecation
     "does not have many workers",  # in-memory tensor loaders need none
 )

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from segen.callbacks import SaveOnInterrupt, StopOnNonFiniteLoss
+from segen.callbacks import FlushLogsOnCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss
 from segen.checkpoint import (
     AtomicCheckpointIO,
     ConfigInCheckpoint,
@@ -54,7 +54,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     # segen's own guarantees: config + RNG state in every checkpoint, save on Ctrl-C/SIGTERM,
     # stop on NaN before a checkpoint stores it.
     interrupt = SaveOnInterrupt()
-    callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), interrupt,
+    callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), interrupt,
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
