@@ -105,3 +105,15 @@ def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: b
 @pytest.fixture
 def segen():
     return run_segen
+
+
+def overfit(net, x, y, steps: int = 60, lr: float = 1e-2):
+    """Fit `net` to one batch with Adam + cross-entropy: a quick check that a model can learn."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import overfit
 
 from segen.models.cnn import CNN
 
@@ -32,11 +33,5 @@ def test_cnn_learns_a_separable_problem():
     torch.manual_seed(0)
     x = torch.randn(64, 1, 28, 28)
     y = (x.mean(dim=(1, 2, 3)) > 0).long()
-    net = CNN(in_channels=1, num_classes=2, widths=[8, 16], dropout=0.0)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
+    net = overfit(CNN(in_channels=1, num_classes=2, widths=[8, 16], dropout=0.0), x, y)
     assert (net(x).argmax(1) == y).float().mean() > 0.95

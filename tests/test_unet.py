@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import overfit
 
 from segen.models.unet import UNet
 
@@ -50,11 +51,6 @@ def test_learns_a_trivial_mask():
     net = UNet(1, 2, depth=2, base_width=8)
     x = torch.rand(8, 1, 16, 16)
     y = (x[:, 0] > 0.5).long()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
+    overfit(net, x, y)
     net.eval()
     assert (net(x).argmax(1) == y).float().mean() > 0.95
