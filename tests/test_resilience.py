@@ -214,3 +214,18 @@ def test_resume_refuses_a_checkpoint_of_another_model(segen, tmp_path):
     torch.save(ckpt, other)
     result = segen("train", "debug=smoke", f"ckpt={other}", f"hydra.run.dir={tmp_path}/r2", cwd=tmp_path)
     assert result.returncode == 2 and "holds a dcgan model, not cnn" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "model,data,expected",
+    [
+        ("unet", "mnist", "model=unet needs masks, which data=mnist does not provide"),
+        ("cgan", "cityscapes", "model=cgan needs labels, which data=cityscapes does not provide"),
+    ],
+)
+def test_incompatible_model_and_data_fail_before_any_work(segen, tmp_path, model, data, expected):
+    # No dataset files exist: the check must come before anything is read or written.
+    result = segen("train", f"model={model}", f"data={data}", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
