@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
 
-    console.print(f"[bold]Run directory:[/] {out}")
+    console.print(f"[bold]Run directory:[/] {out}", soft_wrap=True)  # paths stay copyable
     if best:
-        console.print(f"[bold]Best checkpoint:[/] {best}")
+        console.print(f"[bold]Best checkpoint:[/] {best}", soft_wrap=True)
     return metrics
