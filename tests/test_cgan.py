@@ -58,3 +58,13 @@ def test_bad_conditioning_is_a_value_error():
         Generator(3, 32, num_classes=4, conditioning="onehot")
     with pytest.raises(ValueError, match="conditioning"):
         Discriminator(3, 32, num_classes=4, conditioning="ac")
+
+
+def test_spectral_projection_discriminator_normalizes_the_class_embedding():
+    torch.manual_seed(0)
+    d = Discriminator(3, 32, num_classes=4, width=8, conditioning="projection", norm="spectral")
+    for _ in range(30):
+        out = d(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert out.shape == (4,) and d.net.norm == "spectral"
+    sigma = torch.linalg.matrix_norm(d.embed.weight.detach(), ord=2).item()
+    assert abs(sigma - 1) < 0.05, sigma

@@ -46,3 +46,22 @@ def test_widths_are_configurable():
     assert [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)] == [40, 20, 1]
     with pytest.raises(ValueError, match="widths"):
         Generator(1, 28, widths=[40, 20, 10])
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_spectral_norm_discriminator_bounds_every_weight(size):
+    """norm=spectral: no BatchNorm, and every weight's largest singular value is ~1 once the
+    power iteration has run (it runs one step per training-mode forward)."""
+    torch.manual_seed(0)
+    d = Discriminator(3, size, width=8, norm="spectral")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    for _ in range(30):
+        out = d(torch.randn(4, 3, size, size))
+    assert out.shape == (4,)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(d.features) // 2 + 1  # every conv of features and the head
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
+        assert abs(sigma - 1) < 0.05, sigma
+    with pytest.raises(ValueError, match="norm"):
+        Discriminator(3, 32, norm="layer")

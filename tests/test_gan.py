@@ -102,7 +102,9 @@ def test_sample_depends_only_on_noise_and_label(conditional):
 
 
 @pytest.mark.parametrize("name", ["dcgan", "cgan"])
-def test_model_configs_build_with_the_paper_defaults(name):
+def test_model_configs_build_with_the_papers_defaults(name):
+    """dcgan.yaml: Radford et al. (BatchNorm D, BCE); cgan.yaml: Miyato & Koyama (conditional
+    BatchNorm G, spectrally normalized projection D, hinge loss). Both: Adam(2e-4, 0.5/0.999)."""
     cfg = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
     root = OmegaConf.create({"model": cfg})
     root.model.generator.channels = root.model.discriminator.channels = 3
@@ -113,8 +115,13 @@ def test_model_configs_build_with_the_paper_defaults(name):
     opt_g, opt_d = task.configure_optimizers()
     for opt in (opt_g, opt_d):
         assert opt.defaults["lr"] == 2e-4 and tuple(opt.defaults["betas"]) == (0.5, 0.999)
-    assert task.monitor is None and task.loss == "bce" and task.ema_decay is None
+    assert task.monitor is None and task.ema_decay is None
     assert task.generator.latent_dim == 100
+    if name == "dcgan":
+        assert task.loss == "bce" and task.discriminator.norm == "batch"
+    else:
+        assert task.loss == "hinge" and task.generator.conditioning == "cbn"
+        assert task.discriminator.conditioning == "projection" and task.discriminator.net.norm == "spectral"
 
 
 def read_metrics(run: Path) -> dict[str, list[float]]:

@@ -6,7 +6,7 @@ Generator conditioning (`conditioning=`):
 - "cbn": conditional BatchNorm, every BatchNorm's scale and shift are looked up per class
   (de Vries et al. 2017; as in SNGAN/BigGAN), so the label acts at every resolution.
 
-Discriminator conditioning (`conditioning=`):
+Discriminator conditioning (`conditioning=`; `norm=` "batch" or "spectral" as in dcgan.py):
 - "projection": logit = head(phi(x)) + <embed(y), sum-pooled phi(x)> (Miyato & Koyama 2018),
   so D scores how well the image's features match the class.
 - "concat": a label embedding, broadcast over the image, joined to the input channels.
@@ -88,6 +88,7 @@ class Discriminator(nn.Module):
         widths: Sequence[int] | None = None,
         conditioning: str = "projection",
         embed_dim: int = 8,
+        norm: str = "batch",
     ):
         super().__init__()
         if conditioning not in ("projection", "concat"):
@@ -95,11 +96,13 @@ class Discriminator(nn.Module):
         self.channels, self.image_size = channels, image_size
         self.num_classes, self.conditioning = num_classes, conditioning
         if conditioning == "projection":
-            self.net = dcgan.Discriminator(channels, image_size, width, widths)
+            self.net = dcgan.Discriminator(channels, image_size, width, widths, norm)
             self.embed = nn.Embedding(num_classes, self.net.feature_dim)
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
+            if norm == "spectral":  # the class embedding is a weight of D too (as in SNGAN's projection D)
+                dcgan.spectral_normalize(self.embed)
         else:
-            self.net = dcgan.Discriminator(channels + embed_dim, image_size, width, widths)
+            self.net = dcgan.Discriminator(channels + embed_dim, image_size, width, widths, norm)
             self.embed = nn.Embedding(num_classes, embed_dim)
             nn.init.normal_(self.embed.weight, 0.0, 1.0)
 

@@ -57,6 +57,9 @@ def up_block(in_ch: int, out_ch: int, norm: Norm = nn.BatchNorm2d, kernel: int =
     return [nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, padding, bias=False), norm(out_ch), nn.ReLU(inplace=True)]
 
 
+D_NORMS = ("batch", "spectral")
+
+
 def down_block(in_ch: int, out_ch: int, batchnorm: bool = True) -> list[nn.Module]:
     """Stride-2 conv (halves the size) -> (BatchNorm) -> LeakyReLU(0.2)."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not batchnorm)]
@@ -64,6 +67,19 @@ def down_block(in_ch: int, out_ch: int, batchnorm: bool = True) -> list[nn.Modul
         layers.append(nn.BatchNorm2d(out_ch))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
     return layers
+
+
+def spectral_normalize(module: nn.Module) -> nn.Module:
+    """Spectral normalization (Miyato et al. 2018) on every conv, linear and embedding weight.
+
+    Each weight is divided by its largest singular value (one power iteration per forward),
+    which bounds D's Lipschitz constant: D can no longer win outright, so G keeps a useful
+    gradient. On shapes at CPU budgets this is what turns blobs into shapes (configs/recipe/).
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            nn.utils.parametrizations.spectral_norm(layer)
+    return module
 
 
 class Generator(nn.Module):
@@ -106,20 +122,28 @@ class Discriminator(nn.Module):
     `features` maps images to the `(N, feature_dim, s, s)` map at the start size; `head` is a
     conv over that whole map (the paper's final layer). A projection discriminator adds its
     class term to the same features (segen/models/cgan.py).
+
+    `norm="batch"` is the paper's BatchNorm; `norm="spectral"` replaces it with spectral
+    normalization of every weight (SNGAN's discriminator, usually paired with the hinge loss).
     """
 
-    def __init__(self, channels: int, image_size: int, width: int = 64, widths: Sequence[int] | None = None):
+    def __init__(self, channels: int, image_size: int, width: int = 64, widths: Sequence[int] | None = None, norm: str = "batch"):
         super().__init__()
+        if norm not in D_NORMS:
+            raise ValueError(f"discriminator norm must be one of {D_NORMS}, got {norm!r}")
         start, stages = stage_plan(image_size)
         w = stage_widths(width, stages, widths)[::-1]  # image end first
-        self.channels, self.image_size = channels, image_size
+        self.channels, self.image_size, self.norm = channels, image_size, norm
+        batchnorm = norm == "batch"
         layers = down_block(channels, w[0], batchnorm=False)  # no BN on D's input (paper, sec. 3)
         for a, b in zip(w[:-1], w[1:], strict=True):
-            layers += down_block(a, b)
+            layers += down_block(a, b, batchnorm)
         self.features = nn.Sequential(*layers)
         self.feature_dim = w[-1]
         self.head = nn.Conv2d(w[-1], 1, start, 1, 0)
         self.apply(init_weights)
+        if norm == "spectral":
+            spectral_normalize(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).flatten()
