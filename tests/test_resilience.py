@@ -95,6 +95,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(segen, tmp_path):
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
+def test_gan_nan_stops_and_keeps_the_last_good_checkpoint(segen, tmp_path):
+    """A GAN's step returns its losses only for this guard: diverged weights stop the run."""
+    run = tmp_path / "run"
+    # 10 batches per epoch, 2 optimizer steps per batch: epoch 1's checkpoint is at step 20.
+    poison = ("+callbacks.poison._target_=fault_injection.PoisonAtStep", "+callbacks.poison.step=26")
+    result = segen("train", *TINY_DCGAN, *poison, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("segen train: error: training loss became NaN/inf")
+    kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert kept["global_step"] == 20
+    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
+
+
 PAYLOADS = [torch.full((64, 1024), float(i)) for i in range(4)]
 
 

@@ -147,6 +147,9 @@ class GANTask(pl.LightningModule):
                 self._update_ema()
             if log_now:
                 self.log("train/g_loss", g_loss, prog_bar=True)
+            d_loss = d_loss + g_loss
+        # Returned (detached by Lightning) only so that segen's NaN guard sees it.
+        return d_loss
 
     def _logging_this_step(self) -> bool:
         """Whether Lightning writes logs after this batch (every `log_every_n_steps` batches).
