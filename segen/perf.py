@@ -18,6 +18,16 @@ from torchmetrics import Metric
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
+def logging_this_step(module: pl.LightningModule) -> bool:
+    """Whether Lightning writes logs after this batch (every `log_every_n_steps` batches).
+
+    Training steps call `self.log` only then: the logger sees the same values, and the other
+    steps skip its bookkeeping (~0.1 ms per call, a few % of a small CPU step).
+    """
+    connector = getattr(module.trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
 def networks(task: nn.Module) -> list[nn.Module]:
     """The task's trainable networks (`net`, or `generator` and `discriminator`, ...): its direct
     children that hold parameters, metrics excluded."""

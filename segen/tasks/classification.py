@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
 
 
@@ -39,7 +40,8 @@ class ClassificationTask(SupervisedTask):
     def training_step(self, batch, batch_idx):
         images, labels = batch
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        if logging_this_step(self):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import JaccardIndex
 
 from segen.data.in_memory import IGNORE_INDEX
+from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
 
 
@@ -103,7 +104,8 @@ class SegmentationTask(SupervisedTask):
     def training_step(self, batch, batch_idx):
         images, masks = batch
         loss = self.loss(self(images), masks)
-        self.log("train/loss", loss, prog_bar=True)
+        if logging_this_step(self):
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, metric: JaccardIndex, stage: str):
