@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -98,8 +99,16 @@ def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: b
     if inject:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        preexec_fn=_interactive_signals,
     )
+
+
+def _interactive_signals() -> None:
+    """Give the child the default SIGINT handling a terminal user's run has. A test session
+    started in the background (`cmd &`, nohup) ignores SIGINT, and children inherit that, so
+    Ctrl-C tests would see a run that never stops."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
