@@ -83,28 +83,22 @@ def test_sigint_and_sigterm_save_last_and_name_the_resume_command(segen, tmp_pat
     assert ckpt["global_step"] in (4, 5)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(segen, tmp_path):
+# (run, step to poison at, step of the last good checkpoint). cnn: 10 batches per epoch. dcgan:
+# 10 batches per epoch and 2 optimizer steps per batch; its step returns its losses only so
+# that this guard sees them.
+NAN_CASES = [(TINY, 13, 10), (TINY_DCGAN, 26, 20)]
+
+
+@pytest.mark.parametrize("args,poison_step,kept_step", NAN_CASES, ids=["cnn", "dcgan"])
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(segen, tmp_path, args, poison_step, kept_step):
     run = tmp_path / "run"
-    poison = ("+callbacks.poison._target_=fault_injection.PoisonAtStep", "+callbacks.poison.step=13")
-    result = segen("train", *TINY, *poison, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
+    poison = ("+callbacks.poison._target_=fault_injection.PoisonAtStep", f"+callbacks.poison.step={poison_step}")
+    result = segen("train", *args, *poison, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("segen train: error: training loss became NaN/inf")
     assert "Traceback" not in result.stderr
     kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert kept["global_step"] == 10
-    assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
-
-
-def test_gan_nan_stops_and_keeps_the_last_good_checkpoint(segen, tmp_path):
-    """A GAN's step returns its losses only for this guard: diverged weights stop the run."""
-    run = tmp_path / "run"
-    # 10 batches per epoch, 2 optimizer steps per batch: epoch 1's checkpoint is at step 20.
-    poison = ("+callbacks.poison._target_=fault_injection.PoisonAtStep", "+callbacks.poison.step=26")
-    result = segen("train", *TINY_DCGAN, *poison, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("segen train: error: training loss became NaN/inf")
-    kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert kept["global_step"] == 20
+    assert kept["global_step"] == kept_step
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
 
