@@ -74,7 +74,8 @@ def spectral_normalize(module: nn.Module) -> nn.Module:
 
     Each weight is divided by its largest singular value (one power iteration per forward),
     which bounds D's Lipschitz constant: D can no longer win outright, so G keeps a useful
-    gradient. On shapes at CPU budgets this is what turns blobs into shapes (configs/recipe/).
+    gradient. On shapes it let cgan's classes separate where a BatchNorm D (with BCE) held the
+    generator at chance (configs/recipe/cgan_shapes.yaml).
     """
     for layer in list(module.modules()):
         if isinstance(layer, (nn.Conv2d, nn.Linear, nn.Embedding)):
