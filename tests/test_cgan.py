@@ -68,3 +68,18 @@ def test_spectral_projection_discriminator_normalizes_the_class_embedding():
     assert out.shape == (4,) and d.net.norm == "spectral"
     sigma = torch.linalg.matrix_norm(d.embed.weight.detach(), ord=2).item()
     assert abs(sigma - 1) < 0.05, sigma
+
+
+def test_class_logits_are_the_projection_terms_of_every_label():
+    """Class k's logit is what D's score gains when the label is k: D(x, k) - D(x, j) = c_k - c_j."""
+    torch.manual_seed(0)
+    d = Discriminator(3, 32, num_classes=4, width=8, conditioning="projection", norm="spectral").eval()
+    x = torch.randn(5, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2, 3, 1])
+    logits, class_logits = d.forward_with_class_logits(x, labels)
+    assert class_logits.shape == (5, 4)
+    assert torch.allclose(logits, d(x, labels), atol=1e-5)
+    scores = torch.stack([d(x, torch.full((5,), k)) for k in range(4)], dim=1)
+    assert torch.allclose(scores - scores[:, :1], class_logits - class_logits[:, :1], atol=1e-4)
+    with pytest.raises(ValueError, match="projection"):
+        Discriminator(3, 32, num_classes=4, width=8, conditioning="concat").forward_with_class_logits(x, labels)

@@ -120,7 +120,7 @@ def test_model_configs_build_with_the_papers_defaults(name):
     if name == "dcgan":
         assert task.loss == "bce" and task.discriminator.norm == "batch"
     else:
-        assert task.loss == "hinge" and task.generator.conditioning == "cbn"
+        assert task.loss == "hinge" and task.generator.conditioning == "cbn" and task.class_loss_weight == 1.0
         assert task.discriminator.conditioning == "projection" and task.discriminator.net.norm == "spectral"
 
 
@@ -151,6 +151,9 @@ def test_train_smoke_on_shapes(segen, tmp_path, model, rows):
     run = tmp_path / "run"
     result = segen("train", f"model={model}", "data=shapes", "debug=smoke", f"hydra.run.dir={run}", cwd=tmp_path)
     check_run(result, run, rows=rows, size=32, channels=3)
+    class_losses = {k: v for k, v in read_metrics(run).items() if k.endswith("_class_loss") and v}
+    # cgan's default dual projection logs D's and G's class losses; dcgan has no classes.
+    assert sorted(class_losses) == (["train/d_class_loss", "train/g_class_loss"] if model == "cgan" else [])
 
 
 def test_dcgan_smoke_on_mnist_fixture(segen, tmp_path, mnist_root):
@@ -186,3 +189,40 @@ def test_generator_at_another_size_than_the_data(segen, tmp_path):
     run = tmp_path / "run"
     result = segen("train", "model=dcgan", "data=shapes", *SMALL, "model.generator.image_size=64", f"hydra.run.dir={run}", cwd=tmp_path)
     check_run(result, run, rows=8, size=64, channels=3)
+
+
+def test_class_loss_settings_are_checked():
+    with pytest.raises(ConfigError, match="class_loss_weight must be >= 0"):
+        small_task(True, class_loss_weight=-1.0)
+    with pytest.raises(ConfigError, match="model=cgan"):
+        small_task(False, class_loss_weight=1.0)
+    g = cgan.Generator(3, 32, num_classes=4, latent_dim=8, width=4)
+    d = cgan.Discriminator(3, 32, num_classes=4, width=4, conditioning="concat")
+    with pytest.raises(ConfigError, match="conditioning=projection"):
+        ConditionalGANTask(g, d, adam, adam, class_loss_weight=1.0)
+
+
+def test_class_loss_teaches_the_discriminator_to_classify_real_images(tmp_path):
+    """Dual projection: after a few steps on two trivially different classes (dark vs light
+    images), D's class logits put every real image in its class; both class losses are logged."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    labels = torch.arange(2).repeat(32)
+    images = (labels.float() * 2 - 1).view(-1, 1, 1, 1).expand(-1, 3, 32, 32) * 0.8
+    images = images + 0.1 * torch.randn_like(images)
+    g = cgan.Generator(3, 32, num_classes=2, latent_dim=8, width=4, conditioning="cbn")
+    d = cgan.Discriminator(3, 32, num_classes=2, width=4, norm="spectral")
+    task = ConditionalGANTask(g, d, adam, adam, loss="hinge", class_loss_weight=1.0)
+    trainer = pl.Trainer(
+        max_steps=60, logger=pl.loggers.CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )
+    trainer.fit(task, DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=True))
+    d.eval()
+    with torch.no_grad():
+        _, class_logits = d.forward_with_class_logits(images, labels)
+    assert (class_logits.argmax(1) == labels).all()
+    metrics = read_metrics(Path(trainer.logger.log_dir))
+    assert metrics["train/d_class_loss"][-1] < metrics["train/d_class_loss"][0] and metrics["train/g_class_loss"]

@@ -8,7 +8,9 @@ Generator conditioning (`conditioning=`):
 
 Discriminator conditioning (`conditioning=`; `norm=` "batch" or "spectral" as in dcgan.py):
 - "projection": logit = head(phi(x)) + <embed(y), sum-pooled phi(x)> (Miyato & Koyama 2018),
-  so D scores how well the image's features match the class.
+  so D scores how well the image's features match the class. The inner products with every
+  class's embedding are also class logits (`class_logits`), which the task can train as a
+  classifier: "dual projection" (Han et al. 2021), see `model.class_loss_weight`.
 - "concat": a label embedding, broadcast over the image, joined to the input channels.
 
 `num_classes` comes from the data (configs/model/cgan.yaml has `???` for it).
@@ -110,6 +112,17 @@ class Discriminator(nn.Module):
         if self.conditioning == "concat":
             maps = self.embed(labels)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
             return self.net(torch.cat([x, maps], dim=1))
+        return self.forward_with_class_logits(x, labels)[0]
+
+    def forward_with_class_logits(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit `(N,)`, class logits `(N, num_classes)`) from one pass; projection D only.
+
+        Class k's logit is <embed(k), sum-pooled phi(x)>, the projection term D would add if
+        the image were labelled k; the real/fake logit uses the given label's.
+        """
+        if self.conditioning != "projection":
+            raise ValueError("class logits need conditioning='projection'")
         h = self.net.features(x)
-        projection = (self.embed(labels) * h.sum(dim=(2, 3))).sum(dim=1)
-        return self.net.head(h).flatten() + projection
+        class_logits = h.sum(dim=(2, 3)) @ self.embed.weight.t()
+        projection = class_logits.gather(1, labels[:, None]).squeeze(1)
+        return self.net.head(h).flatten() + projection, class_logits

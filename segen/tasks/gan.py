@@ -4,6 +4,10 @@ One LightningModule serves both; it is conditional when the generator has `num_c
 (then both nets take the labels as a second argument). `ConditionalGANTask` differs only in
 declaring that the data must provide labels, which `segen train` checks before any work.
 
+With `class_loss_weight` > 0 (cgan with a projection D), D's class embeddings are also trained
+as a classifier of real images and G is rewarded when D classifies its fakes as their labels:
+"dual projection" (Han et al. 2021, P2GAN), an AC-GAN-style term that needs no extra weights.
+
 Training uses manual optimization (Lightning 2 has no automatic mode for two optimizers):
 every batch takes one discriminator step, and every `d_steps`-th batch also a generator step.
 Lightning counts each optimizer step in `trainer.global_step`, so `trainer.max_steps` counts
@@ -67,6 +71,7 @@ class GANTask(pl.LightningModule):
         loss: str = "bce",
         d_steps: int = 1,
         ema_decay: float | None = None,
+        class_loss_weight: float = 0.0,
         grid_rows: int = 8,
         monitor: str | None = None,
         monitor_mode: str = "min",
@@ -78,10 +83,17 @@ class GANTask(pl.LightningModule):
             raise ConfigError(f"model.d_steps must be >= 1 (discriminator steps per generator step), got {d_steps}")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        if class_loss_weight < 0:
+            raise ConfigError(f"model.class_loss_weight must be >= 0, got {class_loss_weight}")
+        if class_loss_weight > 0 and not hasattr(discriminator, "forward_with_class_logits"):
+            raise ConfigError("model.class_loss_weight > 0 needs a class-conditional discriminator; use model=cgan or set it to 0")
+        if class_loss_weight > 0 and getattr(discriminator, "conditioning", None) != "projection":
+            raise ConfigError("model.class_loss_weight > 0 needs model.discriminator.conditioning=projection (its class embeddings are the classifier)")
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
+        self.class_loss_weight = class_loss_weight
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
@@ -108,8 +120,12 @@ class GANTask(pl.LightningModule):
     def _generate(self, net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return net(z, labels) if self.conditional else net(z)
 
-    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.discriminator(images, labels) if self.conditional else self.discriminator(images)
+    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's real/fake logits, and its cross-entropy on `labels` when the class loss is on."""
+        if self.class_loss_weight > 0:
+            logits, class_logits = self.discriminator.forward_with_class_logits(images, labels)
+            return logits, F.cross_entropy(class_logits, labels)
+        return (self.discriminator(images, labels) if self.conditional else self.discriminator(images)), None
 
     def _d_output(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits).mean() if self.loss == "bce" else logits.mean()
@@ -126,20 +142,27 @@ class GANTask(pl.LightningModule):
         z = torch.randn(len(real), self.latent_dim, device=self.device)
         fake = self._generate(self.generator, z, labels)
 
-        d_real = self._discriminate(real, labels)
-        d_fake = self._discriminate(fake.detach(), labels)
+        d_real, class_loss_real = self._discriminate(real, labels)
+        d_fake, _ = self._discriminate(fake.detach(), labels)
         d_loss = discriminator_loss(self.loss, d_real, d_fake)
+        if class_loss_real is not None:  # D learns to classify real images only (fakes' labels are G's claims)
+            d_loss = d_loss + self.class_loss_weight * class_loss_real
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
         log_now = logging_this_step(self)
         if log_now:
             self.log_dict({"train/d_loss": d_loss, "train/d_real": self._d_output(d_real), "train/d_fake": self._d_output(d_fake)}, prog_bar=True)
+            if class_loss_real is not None:
+                self.log("train/d_class_loss", class_loss_real)
 
         if (batch_idx + 1) % self.d_steps == 0:
             # D's weights need no gradients during G's step (cheaper than toggle_optimizer).
             self.discriminator.requires_grad_(False)
-            g_loss = generator_loss(self.loss, self._discriminate(fake, labels))
+            g_fake, class_loss_fake = self._discriminate(fake, labels)
+            g_loss = generator_loss(self.loss, g_fake)
+            if class_loss_fake is not None:
+                g_loss = g_loss + self.class_loss_weight * class_loss_fake
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()
@@ -148,6 +171,8 @@ class GANTask(pl.LightningModule):
                 self._update_ema()
             if log_now:
                 self.log("train/g_loss", g_loss, prog_bar=True)
+                if class_loss_fake is not None:
+                    self.log("train/g_class_loss", class_loss_fake)
             d_loss = d_loss + g_loss
         # Returned (detached by Lightning) only so that segen's NaN guard sees it.
         return d_loss
