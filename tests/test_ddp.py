@@ -76,6 +76,13 @@ class RecordIndices(pl.LightningModule):
     def on_fit_end(self):
         Path(self.out_dir, f"rank{self.global_rank}.json").write_text(json.dumps(self.seen))
 
+    def teardown(self, stage):
+        # Lightning leaves a ddp_spawn worker's process group alive when the worker exits; once
+        # in a loaded CI run gloo's exit-time teardown then aborted rank 1 ("terminate called
+        # without an active exception", SIGABRT). Destroy it first, as segen/cli.py does.
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
