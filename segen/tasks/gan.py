@@ -88,7 +88,10 @@ class GANTask(pl.LightningModule):
         if class_loss_weight > 0 and not hasattr(discriminator, "forward_with_class_logits"):
             raise ConfigError("model.class_loss_weight > 0 needs a class-conditional discriminator; use model=cgan or set it to 0")
         if class_loss_weight > 0 and getattr(discriminator, "conditioning", None) != "projection":
-            raise ConfigError("model.class_loss_weight > 0 needs model.discriminator.conditioning=projection (its class embeddings are the classifier)")
+            raise ConfigError(
+                "model.class_loss_weight > 0 needs model.discriminator.conditioning=projection (its class embeddings "
+                "are the classifier); add model.class_loss_weight=0 to use another conditioning"
+            )
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
