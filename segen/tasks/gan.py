@@ -123,9 +123,12 @@ class GANTask(pl.LightningModule):
     def _generate(self, net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return net(z, labels) if self.conditional else net(z)
 
-    def _discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """D's real/fake logits, and its cross-entropy on `labels` when the class loss is on."""
-        if self.class_loss_weight > 0:
+    def _discriminate(
+        self, images: torch.Tensor, labels: torch.Tensor | None, class_loss: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's real/fake logits, and its cross-entropy on `labels` when the class loss is on
+        (and wanted: D's step on fakes has no use for it)."""
+        if class_loss and self.class_loss_weight > 0:
             logits, class_logits = self.discriminator.forward_with_class_logits(images, labels)
             return logits, F.cross_entropy(class_logits, labels)
         return (self.discriminator(images, labels) if self.conditional else self.discriminator(images)), None
@@ -146,7 +149,7 @@ class GANTask(pl.LightningModule):
         fake = self._generate(self.generator, z, labels)
 
         d_real, class_loss_real = self._discriminate(real, labels)
-        d_fake, _ = self._discriminate(fake.detach(), labels)
+        d_fake, _ = self._discriminate(fake.detach(), labels, class_loss=False)
         d_loss = discriminator_loss(self.loss, d_real, d_fake)
         if class_loss_real is not None:  # D learns to classify real images only (fakes' labels are G's claims)
             d_loss = d_loss + self.class_loss_weight * class_loss_real
