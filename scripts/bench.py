@@ -44,8 +44,8 @@ from hydra.utils import instantiate
 from rich.console import Console
 from rich.table import Table
 
-from segen.commands.common import prepare_data_for_task, quiet_lightning
-from segen.config import bind_data_info, build, config_dir
+from segen.commands.common import fit_data_to_task, quiet_lightning
+from segen.config import bind_data, build, config_dir
 from segen.data.in_memory import IGNORE_INDEX, random_crop, random_hflip
 from segen.data.shapes import make_shapes
 from segen.tasks.optim import build_optimizers
@@ -119,8 +119,8 @@ class Case:
         self.batch_size = int(cfg.data.batch_size)
         self.base_overrides = base
         self.datamodule = build(cfg.data, "data")
-        prepare_data_for_task(cfg.model, self.datamodule, name, "shapes")
-        bind_data_info(cfg.model, self.datamodule.info)
+        fit_data_to_task(cfg.model, self.datamodule, name, "shapes")
+        bind_data(cfg.model, self.datamodule.info)
         self.datamodule.setup("fit")
         self.cfg = cfg
         self.train_images = self.datamodule.splits["train"].images

@@ -38,7 +38,7 @@ class SaveOnInterrupt(pl.Callback):
         last, command = resume_hint(trainer)
         if last is None:
             return
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)  # the full state: weights, optimizers, loops, RNG
         self.saved = last
         if trainer.is_global_zero:
             what = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"

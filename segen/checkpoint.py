@@ -7,10 +7,8 @@ which lets every read use `torch.load(weights_only=True)`: a crafted pickle cann
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segen import __version__
 from segen.errors import CheckpointError
+from segen.io import save_tensors
 
 KEY = "segen"
 
@@ -68,30 +67,13 @@ def checkpoint_config(ckpt: dict) -> tuple[DictConfig, dict[str, str]]:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint writes that never leave a truncated file; reads that never run pickled code.
 
-    A save goes to a temporary file in the target's directory, is flushed and fsync'ed, then
-    renamed over the target (`os.replace` is atomic on POSIX): a kill at any moment leaves
-    either the old complete checkpoint or the new complete one. Every load Lightning does
+    A save goes through `segen.io.atomic_write` (temporary file, fsync, rename): a kill at any
+    moment leaves either the old complete checkpoint or the new complete one. Every load Lightning does
     (resume, `ckpt_path="best"`) goes through `weights_only=True`.
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        save_tensors(path, checkpoint)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return load_checkpoint(path)

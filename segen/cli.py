@@ -74,24 +74,27 @@ def fail(message: str, command: str | None = None) -> None:
     raise SystemExit(2)
 
 
-def _split_override(text: str) -> tuple[str, str] | None:
-    if "=" not in text:
-        return None
-    key, value = text.split("=", 1)
-    return key.lstrip("+~"), value
+def parsed_overrides(overrides: list[str], command: str):
+    """Overrides read with Hydra's grammar (segen/overrides.py); a malformed one fails here."""
+    from segen.errors import SegenError
+    from segen.overrides import parse
+
+    try:
+        return parse(overrides)
+    except SegenError as err:
+        fail(str(err), command)
 
 
 def check_choices(overrides: list[str], command: str, cfg_dir: Path) -> None:
-    """Reject `group=unknown` with the valid choices, also inside sweeps (`model=cnn,foo`)."""
+    """Reject `group=unknown` with the valid choices, also inside sweeps (`model=cnn,foo`,
+    `model=choice(cnn,foo)`)."""
+    from segen.overrides import choice_values
+
     groups = config_choices(cfg_dir)
-    for text in overrides:
-        parsed = _split_override(text)
-        if parsed is None:
-            fail(f"'{text}' is not an override; write KEY=VALUE (e.g. trainer.max_epochs=3)", command)
-        key, value = parsed
-        if key not in groups or any(c in value for c in "()[]{}$"):
-            continue
-        for choice in value.split(","):
+    for override in parsed_overrides(overrides, command):
+        key = override.key_or_group
+        values = choice_values(override) if key in groups else None
+        for choice in values or ():
             if choice not in groups[key] and choice != "null":
                 fail(f"unknown {key} '{choice}'; choose one of: {', '.join(groups[key])}", command)
 
@@ -150,14 +153,15 @@ def check_value_types(overrides: list[str], command: str, cfg_dir: Path, cfg) ->
     from omegaconf import OmegaConf
 
     groups = config_choices(cfg_dir)
-    selections = [o for o in overrides if (_split_override(o) or ("", ""))[0] in groups]
-    values = [o for o in overrides if o not in selections and not o.startswith(("+", "~", "hydra."))]
+    parsed = parsed_overrides(overrides, command)
+    selections = [o.input_line for o in parsed if o.key_or_group in groups]
+    values = [o for o in parsed if o.key_or_group not in groups and o.type.name == "CHANGE" and not o.key_or_group.startswith("hydra.")]
     if not values:
         return
     with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3", job_name=command):
         base = compose(config_name=command, overrides=selections)
-    for text in values:
-        key = text.split("=", 1)[0]
+    for override in values:
+        key, text = override.key_or_group, override.input_line
         default = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
         expected = _type_name(default)
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
@@ -169,18 +173,18 @@ def check_launcher(overrides: list[str], command: str) -> None:
     """`hydra/launcher=slurm` (and submitit_local/submitit_slurm) need an optional plugin."""
     import importlib.util
 
-    for text in overrides:
-        key, _, value = text.partition("=")
-        if key.lstrip("+~") == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
+    for override in parsed_overrides(overrides, command):
+        value = str(override.value())
+        if override.key_or_group == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
             if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
                 fail(f"hydra/launcher={value} needs Hydra's submitit launcher; install it with: pip install 'segen[slurm]'", command)
 
 
 def check_run_dir(overrides: list[str], command: str) -> None:
     """A run directory that cannot be created fails before anything runs or is written."""
-    for text in overrides:
-        key, _, value = text.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+    for override in parsed_overrides(overrides, command):
+        key, value = override.key_or_group, override.value()
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and isinstance(value, str) and "$" not in value:
             path = Path(value).expanduser().absolute()
             existing = next(p for p in (path, *path.parents) if p.exists())
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -192,7 +196,10 @@ def _forced_group_keys(overrides: list[str], command: str) -> list[str]:
     config cannot know in advance; `++` lets Hydra accept them, and `restore` checks them."""
     if command == "train":
         return overrides
-    return [f"++{o}" if o.startswith(("data.", "model.")) else o for o in overrides]
+    from segen.overrides import parse
+
+    edits = {o.input_line for o in parse(overrides) if o.type.name == "CHANGE" and o.key_or_group.startswith(("data.", "model."))}
+    return [f"++{o}" if o in edits else o for o in overrides]
 
 
 # Set while a job runs, so the processes Lightning starts for ranks > 0 know they re-run a job
@@ -218,8 +225,10 @@ def relaunchable_job(command: str, entry: str):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import read_write
 
+    from segen.overrides import parse
+
     hydra_cfg = HydraConfig.get()
-    carried = [o for o in hydra_cfg.overrides.hydra if not o.startswith(_HYDRA_SWEEP_KEYS)]
+    carried = [o.input_line for o in parse(list(hydra_cfg.overrides.hydra)) if not o.key_or_group.startswith(_HYDRA_SWEEP_KEYS)]
     saved_argv, saved_env = sys.argv, dict(os.environ)
     sys.argv = [entry, command, *hydra_cfg.overrides.task, *carried]
     with read_write(hydra_cfg.run):
@@ -262,8 +271,9 @@ def run(command: str, argv: list[str]) -> None:
         check_choices(args.overrides, command, cfg_dir)
         check_launcher(args.overrides, command)
         check_run_dir(args.overrides, command)
-    argv = _forced_group_keys(argv, command)
     overrides = _forced_group_keys(args.overrides, command)
+    as_typed = dict(zip(args.overrides, overrides, strict=True))
+    argv = [as_typed.get(a, a) for a in argv]
     if not (relaunched or args.multirun or args.help or args.hydra_help or args.shell_completion or args.info):
         check_composes(overrides, command, cfg_dir)
 

@@ -18,10 +18,18 @@ def config_dir() -> Path:
 
 
 def build(node, what: str, **kwargs: Any):
-    """`hydra.utils.instantiate`, with user mistakes in the config turned into one-line errors."""
+    """`hydra.utils.instantiate`, with user mistakes in the config turned into one-line errors.
+
+    A model config's `from_data` binding is config plumbing, not an argument: it is left out.
+    """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
 
+    if isinstance(node, DictConfig) and BINDING_KEY in node:
+        container = OmegaConf.to_container(node, resolve=True)  # resolved against the whole config
+        container.pop(BINDING_KEY)
+        node = OmegaConf.create(container)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -37,30 +45,43 @@ def build(node, what: str, **kwargs: Any):
 def missing_keys(cfg, prefix: str = "") -> list[str]:
     """Dotted keys whose value is `???`, found without resolving interpolations (which may
     need a running Hydra app, like `${hydra:runtime.cwd}`)."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
 
-    found = []
-    for key in cfg.keys():
-        if OmegaConf.is_missing(cfg, key):
-            found.append(f"{prefix}{key}")
-            continue
-        node = cfg._get_node(key)
-        if isinstance(node, DictConfig) and not OmegaConf.is_interpolation(cfg, key):
-            found += missing_keys(node, f"{prefix}{key}.")
-    return found
+    def walk(node, path: str) -> list[str]:
+        if isinstance(node, dict):
+            return [k for key, value in node.items() for k in walk(value, f"{path}{key}.")]
+        return [path[:-1]] if node == "???" else []
+
+    return walk(OmegaConf.to_container(cfg, resolve=False), prefix)
 
 
-def bind_data_info(model_cfg, info: dict[str, Any]) -> None:
-    """Fill the model config's `???` fields (in_channels, num_classes, ...) from the data.
+BINDING_KEY = "from_data"  # in a model config: {model field path: DataInfo field}
+_UNSET = object()
 
-    Under `model/`, `???` means "comes from the data", so sizes are never typed twice and the
-    saved config holds the actual values.
+
+def bind_data(model_cfg, info) -> None:
+    """Fill the model config's data-dependent fields from the data, as its `from_data` says.
+
+    A model config names, by full path, which of its fields come from which `DataInfo` field
+    (`net.num_classes: num_mask_classes`); those fields hold `???` until here, so sizes are
+    never typed twice and the saved config holds the actual values. A value the user set
+    explicitly is kept.
     """
     from omegaconf import OmegaConf, open_dict
 
+    binding = OmegaConf.to_container(model_cfg.get(BINDING_KEY) or {})
     with open_dict(model_cfg):
-        for key in missing_keys(model_cfg):
-            name = key.rsplit(".", 1)[-1]
-            if name not in info:
-                raise IncompatibleError(f"model.{key} is required and the data does not provide it; pass model.{key}=VALUE")
-            OmegaConf.update(model_cfg, key, info[name], merge=False)
+        for path, field in binding.items():
+            if OmegaConf.select(model_cfg, path, default=_UNSET) is not _UNSET:
+                continue  # set in the config or by an override: kept
+            try:
+                value = info.field_value(field)
+            except KeyError:
+                raise ConfigError(f"model.{BINDING_KEY} maps {path} to '{field}', which the data does not describe; use one of: {', '.join(DATA_FIELDS)}") from None
+            OmegaConf.update(model_cfg, path, value, merge=False)
+    left = [k for k in missing_keys(model_cfg) if not k.startswith(f"{BINDING_KEY}.")]
+    if left:
+        raise IncompatibleError(f"model.{left[0]} is required and the data does not provide it; pass model.{left[0]}=VALUE")
+
+
+DATA_FIELDS = ("channels", "image_size", "height", "width", "num_classes", "num_mask_classes", "class_names", "mask_class_names", "ignore_index")

@@ -3,7 +3,8 @@
 Resuming is rewritten into plain Hydra overrides before composition: the original run's own
 overrides (Hydra records them in `<run>/.hydra/overrides.yaml`) come first, so the same model,
 data and settings are composed again; the user's new overrides follow and win; the run
-directory is the original one; `ckpt` points at the checkpoint. Light on purpose (no torch).
+directory is the original one; `ckpt` points at the checkpoint. Light on purpose (no torch);
+overrides are read with Hydra's grammar (segen/overrides.py).
 """
 
 from __future__ import annotations
@@ -11,22 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from segen.errors import CheckpointError
-
-
-def _value(overrides: list[str], key: str) -> str | None:
-    for text in overrides:
-        if text.startswith(f"{key}="):
-            return text.split("=", 1)[1]
-    return None
+from segen.overrides import value_of as _value
+from segen.overrides import without_keys
 
 
 def resume_overrides(overrides: list[str]) -> list[str]:
     """Expand `resume=`/`ckpt=` for `segen train` into the overrides that continue that run."""
     resume, ckpt = _value(overrides, "resume"), _value(overrides, "ckpt")
     run_dir_arg = _value(overrides, "hydra.run.dir")
-    if resume in (None, "null") and ckpt in (None, "null"):
+    if resume is None and ckpt is None:
         return overrides
-    if resume not in (None, "null"):
+    if resume is not None:
         run = Path(resume).expanduser()
         if not run.is_dir():
             raise CheckpointError(f"resume={resume}: no such run directory; pass the folder that holds checkpoints/last.ckpt")
@@ -46,7 +42,7 @@ def resume_overrides(overrides: list[str]) -> list[str]:
         import yaml
 
         recorded = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-        previous = [o for o in recorded if not o.startswith(("ckpt=", "resume=", "hydra.run.dir="))]
-    current = [o for o in overrides if not o.startswith(("ckpt=", "resume="))]
+        previous = without_keys(recorded, ("ckpt", "resume", "hydra.run.dir"))
+    current = without_keys(overrides, ("ckpt", "resume"))
     extra = [f"hydra.run.dir={run}"] if run is not None and run_dir_arg is None else []
     return [*previous, *current, *extra, f"ckpt={ckpt_path}"]

@@ -19,6 +19,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from segen.io import write_json
+
 RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
 
@@ -82,7 +84,7 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or not is_rank_zero():
             return
         record = job_record(config, job_return)
-        Path(record["run_dir"], RESULT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_json(Path(record["run_dir"], RESULT_FILE), record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from segen.console import console
@@ -92,6 +94,6 @@ class SweepSummary(Callback):
         if not records:
             return
         path = sweep_dir / SUMMARY_FILE
-        path.write_text(json.dumps({"sweep_dir": str(sweep_dir), "jobs": records}, indent=2) + "\n")
+        write_json(path, {"sweep_dir": str(sweep_dir), "jobs": records})
         console.print(summary_table(records, f"sweep: {len(records)} jobs"))
         console.print(f"[bold]Sweep directory:[/] {sweep_dir}  [bold]Summary:[/] {path}")

@@ -62,3 +62,39 @@ def save_images(images: torch.Tensor, folder: str | Path, names: list[str]) -> l
         write_png(image, str(path))
         paths.append(path)
     return paths
+
+
+def legend(grid_path: str | Path, class_names, palette: torch.Tensor, swatch: int = 12) -> Path:
+    """Append a colour legend (one swatch and name per class) below the PNG at `grid_path`.
+
+    Small images make tiny grids, so the grid is first scaled up (nearest neighbour, whole
+    pixels) until it is at least 384 px wide; the legend then wraps to that width.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = Path(grid_path)
+    with Image.open(path) as im:
+        grid = im.convert("RGB")
+    scale = max(1, -(-384 // grid.width))
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    font = ImageFont.load_default()
+    entries = [(str(name), tuple(int(v) for v in palette[i])) for i, name in enumerate(class_names)]
+    widths = [swatch + 4 + int(font.getlength(name)) + 12 for name, _ in entries]
+    line_h, x, lines = swatch + 6, 6, 1
+    for w in widths:
+        if x + w > grid.width and x > 6:
+            lines, x = lines + 1, 6
+        x += w
+    canvas = Image.new("RGB", (grid.width, grid.height + lines * line_h + 6), (255, 255, 255))
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x, y = 6, grid.height + 4
+    for (name, color), w in zip(entries, widths, strict=True):
+        if x + w > grid.width and x > 6:
+            x, y = 6, y + line_h
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=color, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), name, fill=(0, 0, 0), font=font)
+        x += w
+    canvas.save(path)
+    return path

@@ -140,7 +140,7 @@ def test_original_resolution_evaluation_serves_full_size_labels(cs_root, tmp_pat
     dm.setup()
     images, masks = next(iter(dm.test_dataloader()))
     assert images.shape[-2:] == (24, 48) and masks.shape[-2:] == (48, 96)
-    assert "original" in dm.resolution_text
+    assert "original" in dm.info.scoring_resolution
     dm.eval_split = "val"
     _, masks = next(iter(dm.test_dataloader()))
     assert masks.shape[-2:] == (48, 96)
@@ -185,13 +185,11 @@ def test_cli_trains_evaluates_and_writes_labelids(segen, cs_root, tmp_path):
     from omegaconf import OmegaConf
     from test_segmentation import restore_without_hydra
 
-    from segen.commands.sample_masks import sample_masks
-
     task, dm, run_cfg = restore_without_hydra(ckpt)
-    written = sample_masks(OmegaConf.create({"n": 2, "out": str(tmp_path / "ids"), "format": "labelids"}), run_cfg, task, dm)
+    written = task.write_samples(OmegaConf.create({"n": 2, "format": "labelids"}), dm, tmp_path / "ids", "unet")
     assert written[0].name == "frankfurt_000000_000019_pred.png"
     with Image.open(written[0]) as im:
         assert im.size == (96, 48)  # ground-truth resolution
         assert set(np.unique(np.asarray(im))) <= {c.id for c in cs.TRAIN_CLASSES}
-    pics = sample_masks(OmegaConf.create({"n": 2, "out": str(tmp_path / "pics"), "input": str(cs_root / "cityscapes" / "leftImg8bit" / "val" / "lindau")}), run_cfg, task, dm)
-    assert (tmp_path / "pics" / "lindau_000000_000019_overlay.png") in pics
+    pics = task.write_samples(OmegaConf.create({"n": 2, "input": str(cs_root / "cityscapes" / "leftImg8bit" / "val" / "lindau")}), dm, tmp_path / "pics", "unet")
+    assert (tmp_path / "pics" / "images" / "lindau_000000_000019_overlay.png") in pics

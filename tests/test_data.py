@@ -66,7 +66,9 @@ def test_shapes_datamodule_serves_labels_or_masks():
     dm_masks.setup()
     _, masks = next(iter(dm_masks.val_dataloader()))
     assert masks.shape == (16, 32, 32)
-    assert dm_masks.info["num_classes"] == len(SHAPES) + 1
+    info = dm_masks.info
+    assert info.num_mask_classes == len(SHAPES) + 1 and info.num_classes == len(SHAPES)
+    assert info.targets == {"labels", "masks"} and info.image_size == (32, 32) and info.channels == 3
 
 
 def test_mnist_reads_gzipped_idx_files(tmp_path):

@@ -158,7 +158,7 @@ def _compute_metrics(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.
     from torchmetrics.image.kid import KernelInceptionDistance
 
     from segen.tasks.classification import ClassificationTask
-    from segen.tasks.segmentation import SegmentationTask, iou_from_confmat, summed_confmat
+    from segen.tasks.segmentation import SegmentationTask, iou_from_confmat
 
     cls = ClassificationTask(Stub(5), optimizer=None)
     seg = SegmentationTask(Stub(4), optimizer=None)
@@ -169,11 +169,11 @@ def _compute_metrics(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.
     for b in batches:
         cls.val_acc.update(b["logits"], b["labels"])
         cls.test_class_acc.update(b["logits"], b["labels"])
-        seg.val_iou.update(b["seg_pred"], b["masks"])
+        seg.val_confmat.update(b["seg_pred"], b["masks"])
         for metric in (fid, kid):
             metric.update(b["real"], real=True)
             metric.update(b["fake"], real=False)
-    confmat = summed_confmat(seg.val_iou)
+    confmat = seg.val_confmat.compute()  # summed over ranks
     out = {"acc": cls.val_acc.compute(), "class_acc": cls.test_class_acc.compute(), "confmat": confmat}
     out.update({f"seg_{k}": v for k, v in iou_from_confmat(confmat).items()})
     with fid.sync_context(should_sync=True, should_unsync=True):  # the summed states compute() sees

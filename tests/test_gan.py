@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segen.commands.common import prepare_data_for_task
-from segen.config import config_dir
+from segen.commands.common import task_class
+from segen.config import bind_data, build, config_dir
+from segen.data.info import DataInfo
 from segen.errors import ConfigError, IncompatibleError
 from segen.models import cgan, dcgan
 from segen.tasks.gan import ConditionalGANTask, GANTask, discriminator_loss, generator_loss
@@ -54,18 +54,15 @@ def test_bad_settings_are_config_errors():
 
 
 def test_task_declares_its_data_needs():
-    assert GANTask.symmetric_inputs and ConditionalGANTask.symmetric_inputs
-    assert GANTask.requires == () and ConditionalGANTask.requires == ("labels",)
+    assert GANTask.image_range == ConditionalGANTask.image_range == "symmetric"
+    assert GANTask.needs == set() and ConditionalGANTask.needs == {"labels"}
+    assert not GANTask.test_after_fit and GANTask.generates
 
-    class Unlabelled:
-        has_labels = False
-
-        def use_symmetric_range(self):
-            raise AssertionError("not reached")
-
+    unlabelled = DataInfo(name="unlabelled", channels=3, image_size=(32, 32), mask_class_names=("void", "thing"))
     node = OmegaConf.create({"_target_": "segen.tasks.gan.ConditionalGANTask"})
-    with pytest.raises(IncompatibleError, match="model=cgan needs labels"):
-        prepare_data_for_task(node, Unlabelled(), "cgan", "unlabelled")
+    with pytest.raises(IncompatibleError, match="model=cgan needs labels, which data=unlabelled does not provide; choose a dataset with labels: cifar10, mnist, shapes"):
+        task_class(node).check_data(unlabelled, "cgan", "unlabelled")
+    GANTask.check_data(unlabelled, "dcgan", "unlabelled")  # any images will do
 
 
 def test_ema_trails_the_generator_and_checkpoints_load_weights_only(tmp_path):
@@ -107,11 +104,10 @@ def test_model_configs_build_with_the_papers_defaults(name):
     BatchNorm G, spectrally normalized projection D, hinge loss). Both: Adam(2e-4, 0.5/0.999)."""
     cfg = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
     root = OmegaConf.create({"model": cfg})
-    root.model.generator.channels = root.model.discriminator.channels = 3
-    root.model.generator.image_size = 32
-    if name == "cgan":
-        root.model.generator.num_classes = 4
-    task = instantiate(root.model)
+    bind_data(root.model, DataInfo(name="four", channels=3, image_size=(32, 32), class_names=("a", "b", "c", "d")))
+    assert root.model.generator.image_size == 32 and root.model.discriminator.channels == 3
+    task = build(root.model, "model")
+    assert task.generator.channels == 3 and task.num_classes == (4 if name == "cgan" else None)
     opt_g, opt_d = task.configure_optimizers()
     for opt in (opt_g, opt_d):
         assert opt.defaults["lr"] == 2e-4 and tuple(opt.defaults["betas"]) == (0.5, 0.999)

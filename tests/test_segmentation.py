@@ -153,17 +153,18 @@ def test_unet_on_shapes_trains_evaluates_and_samples(segen, tmp_path: Path):
     # Sampling: rebuild from the checkpoint as `segen sample` does, then write pictures.
     from omegaconf import OmegaConf
 
-    from segen.commands.sample_masks import sample_masks
-
     task, dm, run_cfg = restore_without_hydra(ckpt)
-    written = sample_masks(OmegaConf.create({"n": 3, "out": str(tmp_path / "samples")}), run_cfg, task, dm)
-    names = {p.name for p in written}
-    assert {"val_0000_mask.png", "val_0000_overlay.png", "val_0000_grid.png", "grid.png"} <= names
+    out = tmp_path / "samples"
+    written = task.write_samples(OmegaConf.create({"n": 12, "ckpt": str(ckpt)}), dm, out, "unet")
+    assert {p.relative_to(out).as_posix() for p in written} >= {"images/val_0000_mask.png", "images/val_0000_overlay.png", "grid.png"}
     from PIL import Image
 
-    with Image.open(tmp_path / "samples" / "val_0000_mask.png") as im:
+    with Image.open(out / "images" / "val_0000_mask.png") as im:
         assert im.size == (32, 32) and im.mode == "RGB"
-    ids = sample_masks(OmegaConf.create({"n": 2, "out": str(tmp_path / "ids"), "format": "labelids"}), run_cfg, task, dm)
+    with Image.open(out / "grid.png") as im:  # 12 rows of image|prediction|truth, 2 side by side, + legend
+        width, height = im.size
+    assert 384 <= width <= 2 * height, (width, height)
+    ids = task.write_samples(OmegaConf.create({"n": 2, "format": "labelids"}), dm, tmp_path / "ids", "unet")
     with Image.open(ids[0]) as im:
         assert im.mode == "L" and max(im.getdata()) < 5
 

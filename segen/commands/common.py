@@ -23,31 +23,35 @@ def choices() -> dict[str, str]:
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
 
 
-def prepare_data_for_task(model_cfg: DictConfig, datamodule, model_name: str, data_name: str) -> None:
-    """Fit the datamodule to the task before any heavy work, or fail in one line.
-
-    A task class declares `requires` ("labels" and/or "masks": checked here, and "masks"
-    makes masks the batch target) and `symmetric_inputs` (images in [-1, 1], as GANs want).
-    """
+def task_class(model_cfg: DictConfig):
+    """The task class a model config builds (its `_target_`), without building it."""
     from hydra.utils import get_class
 
-    task_cls = get_class(model_cfg._target_)
-    for need in getattr(task_cls, "requires", ()):
-        if not getattr(datamodule, f"has_{need}", False):
-            raise IncompatibleError(f"model={model_name} needs {need}, which data={data_name} does not provide; choose a dataset with {need}")
-    if "masks" in getattr(task_cls, "requires", ()):
-        datamodule.use_target("masks")
-    if getattr(task_cls, "symmetric_inputs", False):
-        datamodule.use_symmetric_range()
+    return get_class(model_cfg._target_)
 
 
-def restore(cfg: DictConfig):
-    """Rebuild (run config, choices, task with weights, datamodule) from `cfg.ckpt`.
+def stored_task_class(ckpt: dict):
+    """The task class of a loaded checkpoint."""
+    run_cfg, _ = checkpoint_config(ckpt)
+    return task_class(run_cfg.model)
+
+
+def fit_data_to_task(model_cfg: DictConfig, datamodule, model_name: str, data_name: str) -> None:
+    """Check that the data can serve the task and set its batch target and image range, before
+    any heavy work; an incompatible pair fails in one line (`Task.check_data`)."""
+    cls = task_class(model_cfg)
+    cls.check_data(datamodule.info, model_name, data_name)
+    cls.fit_data(datamodule)
+
+
+def restore(cfg: DictConfig, ckpt: dict | None = None):
+    """Rebuild (run config, task with weights, datamodule) from `cfg.ckpt` (or the already
+    loaded `ckpt`).
 
     The checkpoint's config is the base; `data.*`/`model.*` overrides given to this command
     apply on top (unknown keys are an error); `data=X` swaps the dataset; `model=X` must agree.
     """
-    ckpt = load_checkpoint(cfg.ckpt)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(cfg.ckpt)
     run_cfg, stored = checkpoint_config(ckpt)
     chosen = choices()
     if chosen.get("model") not in (None, "None", stored.get("model")):
@@ -72,7 +76,7 @@ def restore(cfg: DictConfig):
 def rebuild(ckpt: dict, run_cfg: DictConfig, stored: dict[str, str]):
     """(run config with `choices`, task with the checkpoint's weights, datamodule fitted to it)."""
     datamodule = build(run_cfg.data, "data")
-    prepare_data_for_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
+    fit_data_to_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
     task = build(run_cfg.model, "model")
     task.load_state_dict(ckpt["state_dict"])
     with open_dict(run_cfg):

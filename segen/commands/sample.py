@@ -1,136 +1,28 @@
-"""`segen sample ckpt=PATH`: draw images from a generator checkpoint (dcgan, cgan).
+"""`segen sample ckpt=PATH`: what a model makes, written to files.
 
-The checkpoint alone rebuilds the model (`restore`). Noise comes from a generator seeded with
-`seed=` and the net runs in eval mode, so the same seed writes the same bytes on CPU.
-
-Writes into `out=` (default: this command's run directory):
-- `grid.png`: all images; for cgan with `per_class=K`, one row per class;
-- `images/0000.png`, ... (cgan: `images/0000_<class>.png`), or with `format=npz` one
-  `samples.npz` (`images` uint8 `(N, C, H, W)`, and `labels`, `class_names` for cgan);
-- cgan with `per_class=K`: also `grid_<label>_<class>.png` per class.
-
-cgan picks classes with `labels=[3,7]` (indices or class names; `n` images, the labels taken
-in turn) or `per_class=K` (K images of each class in `labels`, default every class).
-Segmentation checkpoints (the task `requires` masks) hand over to `sample_masks`.
+The checkpoint alone rebuilds the model and its data (`restore`); the task decides what to
+write (`Task.check_sample_request`, `Task.write_samples`): generated images for generators
+(segen/outputs/images.py), predicted masks for segmenters (segen/outputs/masks.py). Both
+write `grid.png` and `images/` into `out=` (default: this command's run directory).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 
-import numpy as np
-import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from segen.checkpoint import checkpoint_config, load_checkpoint
-from segen.commands.common import restore, run_dir
+from segen.commands.common import restore, run_dir, stored_task_class
 from segen.console import console
-from segen.errors import ConfigError, IncompatibleError
-from segen.viz import save_grid, save_images, to_uint8
-
-FORMATS = ("png", "npz")
 
 
 def main(cfg: DictConfig) -> list[Path]:
-    check_request(cfg)
-    run_cfg, stored = checkpoint_config(load_checkpoint(cfg.ckpt))
-    task_cls = get_class(run_cfg.model._target_)
-    model = stored.get("model", "this model")
-
-    if "masks" in getattr(task_cls, "requires", ()):
-        # Segmentation: masks predicted for input images (segen/commands/sample_masks.py).
-        from segen.commands.sample_masks import sample_masks
-
-        _, task, datamodule = restore(cfg)
-        return sample_masks(cfg, run_cfg, task, datamodule)
-
-    if not callable(getattr(task_cls, "sample", None)):
-        raise IncompatibleError(
-            f"{model} is not a generative model, so there is nothing to sample; "
-            f"use `segen eval ckpt={cfg.ckpt}` to evaluate it, or pass a generator checkpoint"
-        )
-    if (cfg.get("format") or "png") not in FORMATS:
-        raise ConfigError(f"format={cfg.format} is not supported for {model}; use format=png or format=npz")
-    run_cfg, task, datamodule = restore(cfg)
+    ckpt = load_checkpoint(cfg.ckpt)
+    model = checkpoint_config(ckpt)[1].get("model", "this model")
+    stored_task_class(ckpt).check_sample_request(cfg, model)  # impossible requests fail before any work
+    _, task, datamodule = restore(cfg, ckpt)
     out = Path(cfg.out).expanduser() if cfg.get("out") else run_dir()
-    paths = sample_images(cfg, task, list(datamodule.class_names), out, model)
-    console.print(f"[bold]Wrote[/] {len(paths)} files to {out}")
-    return paths
-
-
-def check_request(cfg: DictConfig) -> None:
-    """Fail on impossible requests before any checkpoint is read."""
-    if not isinstance(cfg.n, int) or isinstance(cfg.n, bool) or cfg.n < 1:
-        raise ConfigError(f"n={cfg.n} is not a number of images; pass a positive integer, e.g. n=64")
-    per_class = cfg.get("per_class")
-    if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1):
-        raise ConfigError(f"per_class={per_class} is not a number of images; pass a positive integer, e.g. per_class=8")
-
-
-def class_labels(requested, class_names: list[str]) -> list[int]:
-    """`labels=` as class indices: each entry an index or a class name; all classes when null."""
-    if requested is None:
-        return list(range(len(class_names)))
-    if not isinstance(requested, (list, tuple, ListConfig)):
-        requested = [requested]
-    if len(requested) == 0:
-        raise ConfigError("labels=[] asks for no class; drop labels= for all classes or list some, e.g. labels=[0,2]")
-    labels = []
-    for item in requested:
-        if isinstance(item, str) and item in class_names:
-            labels.append(class_names.index(item))
-        elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(class_names):
-            labels.append(item)
-        else:
-            raise ConfigError(
-                f"label {item!r} is not a class of this model; use 0..{len(class_names) - 1} or a class name "
-                f"({', '.join(class_names)})"
-            )
-    return labels
-
-
-def safe_name(text: str) -> str:
-    """A class name usable in a file name on every OS."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "class"
-
-
-def sample_images(cfg: DictConfig, task, class_names: list[str], out: Path, model: str) -> list[Path]:
-    """Draw the requested images from `task.sample` and write the grid(s) and the images."""
-    per_class, requested = cfg.get("per_class"), cfg.get("labels")
-    if not task.conditional:
-        if per_class is not None or requested is not None:
-            raise IncompatibleError(f"{model} is unconditional, so labels= and per_class= do not apply; drop them")
-        labels, count, nrow = None, cfg.n, math.ceil(math.sqrt(cfg.n))
-    else:
-        classes = class_labels(requested, class_names)
-        if per_class is not None:  # class-major: one grid row per class
-            labels = torch.tensor(classes).repeat_interleave(per_class)
-            nrow = per_class
-        else:
-            labels = torch.tensor(classes).repeat(math.ceil(cfg.n / len(classes)))[: cfg.n]
-            nrow = math.ceil(math.sqrt(cfg.n))
-        count = len(labels)
-
-    noise = torch.randn(count, task.latent_dim, generator=torch.Generator().manual_seed(int(cfg.seed)))
-    task.eval()
-    images = to_uint8(task.sample(noise, labels))
-
-    paths = [save_grid(images, out / "grid.png", nrow=nrow)]
-    names = [f"{i:04d}" if labels is None else f"{i:04d}_{safe_name(class_names[int(y)])}" for i, y in enumerate(labels if labels is not None else range(count))]
-    if task.conditional and per_class is not None:
-        for label in dict.fromkeys(labels.tolist()):
-            chosen = images[labels == label]
-            paths.append(save_grid(chosen, out / f"grid_{label}_{safe_name(class_names[label])}.png", nrow=per_class))
-    if cfg.get("format") == "npz":
-        arrays = {"images": images.numpy()}
-        if labels is not None:
-            arrays.update(labels=labels.numpy(), class_names=np.array(class_names))
-        path = out / "samples.npz"
-        np.savez_compressed(path, **arrays)
-        paths.append(path)
-    else:
-        paths += save_images(images, out / "images", names)
+    paths = task.write_samples(cfg, datamodule, out, model)
+    console.print(f"[bold]Wrote[/] {len(paths)} files to {out}", soft_wrap=True)
     return paths

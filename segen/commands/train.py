@@ -7,7 +7,6 @@ import os
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
-from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from segen.callbacks import FlushLogsOnCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss
 from segen.checkpoint import (
@@ -17,8 +16,8 @@ from segen.checkpoint import (
     checkpoint_config,
     load_checkpoint,
 )
-from segen.commands.common import choices, prepare_data_for_task, quiet_lightning, run_dir
-from segen.config import bind_data_info, build
+from segen.commands.common import choices, fit_data_to_task, quiet_lightning, run_dir
+from segen.config import bind_data, build
 from segen.console import console, print_config_tree
 from segen.errors import IncompatibleError
 
@@ -40,8 +39,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build(cfg.data, "data")
-    prepare_data_for_task(cfg.model, datamodule, picked.get("model"), picked.get("data"))
-    bind_data_info(cfg.model, datamodule.info)
+    fit_data_to_task(cfg.model, datamodule, picked.get("model"), picked.get("data"))
+    bind_data(cfg.model, datamodule.info)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         # Download/verify now, so missing data fails in one line before the Trainer starts;
         # Lightning calls it again later, which is then a cheap no-op.
@@ -72,8 +71,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    # Tasks without a test step (GANs: no test metric yet) skip `test: true`.
-    if cfg.get("test") and not trainer.interrupted and is_overridden("test_step", task):
+    # Tasks with no test metric (GANs: `segen eval` scores them) skip `test: true`.
+    if cfg.get("test") and not trainer.interrupted and task.test_after_fit:
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
 

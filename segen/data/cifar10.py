@@ -48,7 +48,7 @@ class _CIFAR10(CIFAR10):
 class CIFAR10DataModule(InMemoryImageDataModule):
     """CIFAR-10 32x32 colour images; 50k train (less `val_split`), 10k official test."""
 
-    num_classes = 10
+    name = "cifar10"
     channels = 3
     image_size = 32
     class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -23,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,15 @@ from torchvision.datasets import Cityscapes
 
 from segen.data.in_memory import (
     IGNORE_INDEX,
+    Example,
     InMemoryImageDataModule,
     TensorImageDataset,
     already_batched,
     random_hflip,
 )
+from segen.data.info import DataInfo
 from segen.errors import ConfigError, DataError
+from segen.io import save_tensors
 
 CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 
@@ -64,6 +68,10 @@ def train_to_label_lut() -> np.ndarray:
     for c in TRAIN_CLASSES:
         lut[c.train_id] = c.id
     return lut
+
+
+_TO_LABEL_IDS = train_to_label_lut()
+_TO_TRAIN_IDS = label_to_train_lut()
 
 
 def missing_message(root: Path, split: str) -> str:
@@ -160,15 +168,10 @@ class FullResLabelDataset(Dataset):
 class CityscapesDataModule(InMemoryImageDataModule):
     """Cityscapes fine annotations, 19 classes, as a cached subset at `image_size` = (H, W)."""
 
+    name = "cityscapes"
+    targets = frozenset({"masks"})
     channels = 3
-    has_labels = False
-    has_masks = True
-    num_classes = len(CLASS_NAMES)
-    class_names = CLASS_NAMES
-    num_mask_classes = len(CLASS_NAMES)
     mask_class_names = CLASS_NAMES
-    palette = PALETTE
-    train_to_label_lut = staticmethod(train_to_label_lut)  # for label-id PNG output
 
     def __init__(
         self,
@@ -211,12 +214,36 @@ class CityscapesDataModule(InMemoryImageDataModule):
         return self.data_dir / "cityscapes"
 
     @property
-    def resolution_text(self) -> str:
-        """Which resolution the test metrics are computed at (printed by `segen eval`)."""
+    def info(self) -> DataInfo:
+        """Cityscapes' 19 train ids with the official palette; outputs are named
+        `<city>_<seq>_<frame>` and label-id PNGs use the official label ids."""
+        return replace(
+            super().info,
+            palette=tuple(tuple(int(v) for v in c.color) for c in TRAIN_CLASSES),
+            output_name=cityscapes_name,
+            to_label_ids=_TO_LABEL_IDS.__getitem__,
+            from_label_ids=_TO_TRAIN_IDS.__getitem__,
+            scoring_resolution=self.scoring_resolution(),
+        )
+
+    def scoring_resolution(self) -> str:
+        """Which resolution test metrics are computed at (printed and recorded by `segen eval`)."""
         h, w = self.image_size
         if self.eval_resolution == "original":
             return f"original label resolution (logits upsampled from {h}x{w} to the ground-truth size)"
         return f"subset resolution {h}x{w} (labels resized with nearest neighbour)"
+
+    def examples(self, split: str, count: int) -> list[Example]:
+        """Examples named after their files, with the size of their original label PNG."""
+        from PIL import Image
+
+        picked = super().examples(split, count)
+        pairs = self._pairs(self.test_split if split == "test" else split)
+        for example, (image_file, label_file) in zip(picked, pairs, strict=False):
+            example.name = cityscapes_name(image_file)
+            with Image.open(label_file) as im:  # reads the header only
+                example.original_size = (im.size[1], im.size[0])
+        return picked
 
     # -- files and cache -------------------------------------------------------------------------
     def _pairs(self, split: str) -> list[tuple[Path, Path]]:
@@ -246,10 +273,7 @@ class CityscapesDataModule(InMemoryImageDataModule):
                 path.unlink(missing_ok=True)
         data = decode_subset(self._pairs(split), self.image_size)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            torch.save(data, partial)
-            partial.rename(path)  # atomic: a concurrent reader never sees half a file
+            save_tensors(path, data)  # unique temp name + rename: concurrent builders never collide
         except OSError:
             pass  # a read-only dataset folder only costs decoding again next time
         return data

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
@@ -26,9 +27,19 @@ import torch.nn.functional as F
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from segen.data.info import IGNORE_INDEX, DataInfo
 from segen.errors import DataError
 
-IGNORE_INDEX = 255  # mask value that losses and IoU skip (void pixels, crop padding)
+
+@dataclass
+class Example:
+    """One image of a split with what outputs about it need: its mask (if any), a name for
+    files written about it, and the size of its original label map (None: the image's size)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor | None
+    name: str
+    original_size: tuple[int, int] | None = None
 
 
 class TensorImageDataset(Dataset):
@@ -107,23 +118,21 @@ def carve_validation(n: int, val_split: float | int, seed: int) -> tuple[torch.T
 class InMemoryImageDataModule(pl.LightningDataModule):
     """Base for datasets small enough to hold as uint8 tensors.
 
-    Subclasses set `num_classes`, `channels`, `image_size`, `class_names` and implement
-    `load_split(train)`; this class carves the validation split, builds the loaders and turns
+    Subclasses set `name`, `targets`, `channels`, `image_size`, `class_names` (and
+    `mask_class_names` when they serve masks) and implement `load_split(train)`; this class
+    describes them as a `DataInfo`, carves the validation split, builds the loaders and turns
     uint8 batches into normalized (and, when training, augmented) float batches on the device.
 
     `target` says what a batch's second element is: "labels" (class index per image) or
-    "masks" (class per pixel, 255 = ignore). The task's `requires` sets it before setup.
-    `num_classes` counts image classes; `num_mask_classes` counts mask classes.
+    "masks" (class per pixel, 255 = ignore); the task picks it (`use_target`) before setup.
     """
 
-    num_classes: int
+    name: str
+    targets: frozenset[str] = frozenset({"labels"})  # what batches can carry: "labels", "masks"
     channels: int
-    image_size: int
-    class_names: Sequence[str]
-    has_labels = True
-    has_masks = False
-    num_mask_classes: int | None = None
-    mask_class_names: Sequence[str] | None = None
+    image_size: int | tuple[int, int]
+    class_names: Sequence[str] = ()
+    mask_class_names: Sequence[str] = ()
 
     def __init__(
         self,
@@ -149,29 +158,46 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.hflip = hflip
         self.splits: dict[str, TensorImageDataset] = {}
         self.eval_split = "test"  # which split test_dataloader serves; `segen eval split=` sets it
-        self.target = "labels" if self.has_labels else "masks"
+        self.target = "labels" if "labels" in self.targets else "masks"
 
     # -- what models need to know about the data, before any file is read --------------------
     @property
-    def info(self) -> dict:
-        """Data-dependent model arguments (filled into `???` fields of the model config)."""
-        masks = self.target == "masks"
-        return {
-            "in_channels": self.channels,
-            "channels": self.channels,
-            "num_classes": self.num_mask_classes if masks else self.num_classes,
-            "image_size": self.image_size,
-        }
+    def info(self) -> DataInfo:
+        """The dataset described once: sizes, classes and conventions (segen/data/info.py)."""
+        size = self.image_size
+        return DataInfo(
+            name=self.name,
+            channels=self.channels,
+            image_size=(size, size) if isinstance(size, int) else (int(size[0]), int(size[1])),
+            class_names=tuple(self.class_names) if "labels" in self.targets else (),
+            mask_class_names=tuple(self.mask_class_names) if "masks" in self.targets else (),
+        )
 
     def use_target(self, target: str) -> None:
         """Serve "labels" or "masks" as the batch target (must be called before `setup`)."""
-        if not getattr(self, f"has_{target}", False):
-            raise DataError(f"{type(self).__name__} has no {target}")
+        if target not in self.targets:
+            raise DataError(f"data={self.name} has no {target}")
         self.target = target
 
     def use_symmetric_range(self) -> None:
         """Scale images to [-1, 1] (what tanh generators produce) instead of standardizing."""
         self.mean, self.std = (0.5,) * self.channels, (0.5,) * self.channels
+
+    def split_images(self, split: str) -> torch.Tensor:
+        """All uint8 images `(N, C, H, W)` of a split (after `setup`), e.g. the real set for FID."""
+        self.setup("test")
+        if split not in self.splits:
+            raise DataError(f"data={self.name} has no {split} split; use train, val or test")
+        return self.splits[split].images
+
+    def examples(self, split: str, count: int) -> list[Example]:
+        """The first `count` examples of a split, with names for the files written about them."""
+        self.setup("test")
+        dataset = self.splits[split]
+        count = min(count, len(dataset))
+        images, targets = dataset.__getitems__(list(range(count)))
+        masks = targets if self.target == "masks" else [None] * count
+        return [Example(image, mask, f"{split}_{i:04d}") for i, (image, mask) in enumerate(zip(images, masks, strict=True))]
 
     def load_split(self, train: bool) -> dict[str, torch.Tensor]:
         """Return the train or test split as `{"images": uint8 (N, C, H, W), "labels": long (N,)}`,

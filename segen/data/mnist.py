@@ -11,6 +11,7 @@ from torchvision.datasets import MNIST
 
 from segen.data.in_memory import InMemoryImageDataModule
 from segen.errors import DataError
+from segen.io import atomic_write
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -25,16 +26,14 @@ def _extract_idx_archives(raw: Path) -> None:
     for name in MNIST_FILES:
         archive = raw / f"{name}.gz"
         if archive.is_file() and not (raw / name).is_file():
-            partial = raw / f"{name}.partial"
-            with gzip.open(archive, "rb") as src, open(partial, "wb") as dst:
+            with gzip.open(archive, "rb") as src, atomic_write(raw / name) as dst:
                 shutil.copyfileobj(src, dst)
-            partial.rename(raw / name)
 
 
 class MNISTDataModule(InMemoryImageDataModule):
     """MNIST 28x28 digits; 60k train (less `val_split`), 10k official test."""
 
-    num_classes = 10
+    name = "mnist"
     channels = 1
     image_size = 28
     class_names = tuple(str(i) for i in range(10))

@@ -68,10 +68,9 @@ def make_shapes(
 class ShapesDataModule(InMemoryImageDataModule):
     """`data=shapes`: the default dataset, so `segen train` runs anywhere with no download."""
 
+    name = "shapes"
+    targets = frozenset({"labels", "masks"})
     class_names = SHAPES
-    num_classes = len(SHAPES)
-    has_masks = True
-    num_mask_classes = len(SHAPES) + 1
     mask_class_names = ("background", *SHAPES)
 
     def __init__(

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from segen.io import save_tensors
 from segen.metrics.features import FeatureNet, extract, slices
 
 CACHE_VERSION = 1  # bump when features are computed differently, so old entries are not reused
@@ -61,15 +60,7 @@ def _load(path: Path, key: str) -> torch.Tensor | None:
 
 
 def _save(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(entry, f)
-        os.replace(tmp, path)  # readers see the old entry or the new one, never half of one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_tensors(path, entry)  # readers see the old entry or the new one, never half of one
 
 
 def real_features(

@@ -57,15 +57,12 @@ class FIDCallback(pl.Callback):
         self.real = None
 
     def _prepare(self, trainer: pl.Trainer, pl_module) -> None:
-        if not callable(getattr(pl_module, "sample", None)):
+        if not pl_module.generates:
             raise IncompatibleError("callbacks=fid scores generators; this model has no sampler (use it with model=dcgan or model=cgan)")
         datamodule = trainer.datamodule
-        splits = getattr(datamodule, "splits", None) or {}
-        if self.split not in splits:
-            raise IncompatibleError(f"callbacks=fid needs the {self.split} images of an in-memory dataset; {type(datamodule).__name__} has none")
         self.net = build_feature_net(self.features, self.classifier_ckpt, self.weights, antialias=self.antialias).to(pl_module.device)
-        images = real_subset(splits[self.split].images, self.n_real)
-        label = f"{type(datamodule).__name__}-{self.split}-{len(images)}-{self.net.name}"
+        images = real_subset(datamodule.split_images(self.split), self.n_real)
+        label = f"{datamodule.info.name}-{self.split}-{len(images)}-{self.net.name}"
         self.real = real_features(images, self.net, self.cache_dir, label, self.batch_size, pl_module.device).features
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:

@@ -171,8 +171,8 @@ class ClassifierFeatures(FeatureNet):
         ckpt = load_checkpoint(ckpt_path)
         run_cfg, stored = checkpoint_config(ckpt)
         task = build(run_cfg.model, "model")
-        net = getattr(task, "net", None)
-        if net is None or not all(hasattr(net, a) for a in ("features", "feature_dim", "head")):
+        net = task.image_classifier()
+        if net is None:
             raise IncompatibleError(
                 f"eval.classifier_ckpt={ckpt_path} holds a {stored.get('model')} model, not a classifier with "
                 "penultimate features; pass a checkpoint of `segen train model=cnn` on the generator's dataset"
@@ -186,7 +186,7 @@ class ClassifierFeatures(FeatureNet):
         self.in_channels = net.in_channels
         self.feature_dim = net.feature_dim
         self.num_logits = net.num_classes
-        self.class_names = list(datamodule.class_names)
+        self.class_names = list(datamodule.info.class_names)
         self.data = stored.get("data")
         self.weights_sha256 = file_sha256(ckpt_path)
         # Keyed by the weights themselves, not the file: a checkpoint re-saved with other

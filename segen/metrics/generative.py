@@ -1,6 +1,6 @@
 """Scoring a generator: which real images, which fakes, and every score from one feature pass.
 
-Shared by `segen eval` (segen/commands/evaluate_gan.py) and the `val/fid` training callback.
+Shared by `segen eval` (segen/evaluation/generator.py) and the `val/fid` training callback.
 
 - Real side: `n_real` images of a split, the first `n_real` of a fixed (seed 0) permutation, so
   the subset is the same every run, whatever `seed=` is, and its features can be cached.

@@ -19,7 +19,8 @@ class ClassificationTask(SupervisedTask):
     accuracy as `test/acc/<class name>`.
     """
 
-    requires = ("labels",)  # what the data must provide; checked before training starts
+    needs = frozenset({"labels"})
+    batch_target = "labels"
 
     def __init__(
         self,
@@ -65,7 +66,9 @@ class ClassificationTask(SupervisedTask):
         self.log_dict({f"test/acc/{names[i]}": acc for i, acc in enumerate(per_class)})
         self.test_class_acc.reset()
 
-    def class_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "class_names", None)
-        return list(names) if names is not None else [str(i) for i in range(self.net.num_classes)]
+    @staticmethod
+    def output_class_names(info) -> tuple[str, ...]:
+        return info.class_names
+
+    def image_classifier(self):
+        return self.net

@@ -24,13 +24,14 @@ import copy
 from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from segen.errors import ConfigError
 from segen.perf import logging_this_step
+from segen.tasks.base import Evaluation, Task
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge")
@@ -52,15 +53,17 @@ def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake).mean()
 
 
-class GANTask(pl.LightningModule):
+class GANTask(Task):
     """Trains `generator` against `discriminator`; samples with the EMA generator when it has one.
 
     Logs `train/d_loss`, `train/g_loss`, and `train/d_real`, `train/d_fake`: D's mean output
     on real and generated images (a probability for "bce", the raw score for "hinge").
     """
 
-    requires: tuple[str, ...] = ()  # every dataset has images
-    symmetric_inputs = True  # images in [-1, 1], the range of the generator's tanh
+    needs = frozenset()  # every dataset has images
+    image_range = "symmetric"  # images in [-1, 1], the range of the generator's tanh
+    test_after_fit = False  # no test metric: `segen eval` scores generators (FID/KID/IS)
+    generates = True
 
     def __init__(
         self,
@@ -241,10 +244,35 @@ class GANTask(pl.LightningModule):
                 experiment.add_image("samples", grid, self.global_step)
 
 
+    # -- the task contract: segen eval and segen sample ---------------------------------------------
+    @classmethod
+    def check_eval_request(cls, cfg: DictConfig) -> None:
+        from segen.evaluation.generator import check_settings
+
+        check_settings(cfg)
+
+    def evaluate(self, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
+        from segen.evaluation.generator import evaluate_generator
+
+        return evaluate_generator(self, cfg, datamodule, model, data)
+
+    @classmethod
+    def check_sample_request(cls, cfg: DictConfig, model: str) -> None:
+        from segen.outputs.images import check_request
+
+        check_request(cfg, model)
+
+    def write_samples(self, cfg: DictConfig, datamodule, out: Path, model: str) -> list[Path]:
+        from segen.outputs.images import write_generated
+
+        return write_generated(self, cfg, list(datamodule.info.class_names), out, model)
+
+
 class ConditionalGANTask(GANTask):
     """`model=cgan`: the same training, with a class-conditional generator and discriminator."""
 
-    requires = ("labels",)
+    needs = frozenset({"labels"})
+    batch_target = "labels"
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, *args, **kwargs):
         if getattr(generator, "num_classes", None) is None:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import JaccardIndex
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-from segen.data.in_memory import IGNORE_INDEX
+from segen.data.info import IGNORE_INDEX
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
 
@@ -47,12 +47,6 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGN
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
-def summed_confmat(metric: JaccardIndex) -> torch.Tensor:
-    """The metric's confusion matrix summed over all processes (under DDP), as `compute()` sees it."""
-    with metric.sync_context(should_sync=metric.sync_on_compute, should_unsync=True):
-        return metric.confmat.clone()
-
-
 class SegmentationTask(SupervisedTask):
     """Trains any `nn.Module` mapping images to per-pixel logits `(N, K, H, W)`; exposes `num_classes`.
 
@@ -62,7 +56,8 @@ class SegmentationTask(SupervisedTask):
     at the original resolution), logits are upsampled bilinearly to the mask size before scoring.
     """
 
-    requires = ("masks",)  # the data serves per-pixel masks as targets
+    needs = frozenset({"masks"})
+    batch_target = "masks"
 
     def __init__(
         self,
@@ -81,9 +76,9 @@ class SegmentationTask(SupervisedTask):
             raise ValueError(f"class_weights needs {n} entries (one per class), got {len(class_weights)}")
         weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
-        # average=None keeps the confusion matrix; the macro mean is taken in `iou_from_confmat`.
-        self.val_iou = JaccardIndex(task="multiclass", num_classes=n, ignore_index=IGNORE_INDEX, average=None)
-        self.test_iou = JaccardIndex(task="multiclass", num_classes=n, ignore_index=IGNORE_INDEX, average=None)
+        # One confusion matrix per split (summed over ranks by `compute()`); IoU is read from it.
+        self.val_confmat = MulticlassConfusionMatrix(num_classes=n, ignore_index=IGNORE_INDEX)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes=n, ignore_index=IGNORE_INDEX)
 
     @property
     def num_classes(self) -> int:
@@ -108,7 +103,7 @@ class SegmentationTask(SupervisedTask):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, metric: JaccardIndex, stage: str):
+    def _eval_step(self, batch, metric: MulticlassConfusionMatrix, stage: str):
         images, masks = batch
         logits = self.resize_logits(self(images), masks.shape[-2:])
         metric.update(logits.argmax(1), masks)
@@ -117,28 +112,36 @@ class SegmentationTask(SupervisedTask):
             self.log(f"{stage}/loss", self.loss(logits, masks), batch_size=len(images), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, self.val_iou, "val")
+        self._eval_step(batch, self.val_confmat, "val")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, self.test_iou, "test")
+        self._eval_step(batch, self.test_confmat, "test")
 
     def on_validation_epoch_end(self):
-        scores = iou_from_confmat(summed_confmat(self.val_iou))
-        self.val_iou.reset()
+        scores = iou_from_confmat(self.val_confmat.compute())
+        self.val_confmat.reset()
         self.log("val/miou", scores["miou"].float(), prog_bar=True)
         self.log("val/pixel_acc", scores["pixel_acc"].float())
 
     def on_test_epoch_end(self):
-        scores = iou_from_confmat(summed_confmat(self.test_iou))
-        self.test_iou.reset()
+        scores = iou_from_confmat(self.test_confmat.compute())
+        self.test_confmat.reset()
         names = self.class_names()
         self.log("test/miou", scores["miou"].float())
         self.log("test/pixel_acc", scores["pixel_acc"].float())
         self.log_dict({f"test/iou/{names[i]}": v.float() for i, v in enumerate(scores["iou"])})
 
-    def class_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "mask_class_names", None)
-        return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+    @staticmethod
+    def output_class_names(info) -> tuple[str, ...]:
+        return info.mask_class_names
 
+    @classmethod
+    def check_sample_request(cls, cfg, model: str) -> None:
+        from segen.outputs.masks import check_request
 
+        check_request(cfg, model)
+
+    def write_samples(self, cfg, datamodule, out, model):
+        from segen.outputs.masks import write_masks
+
+        return write_masks(self, cfg, datamodule, out)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytorch_lightning as pl
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from segen.tasks.base import Evaluation, Task
 from segen.tasks.optim import build_optimizers
 
 
-class SupervisedTask(pl.LightningModule):
-    """Base of the classification and segmentation tasks.
+class SupervisedTask(Task):
+    """Base of the classification and segmentation tasks: one `net` trained on (image, target).
 
     `optimizer`/`scheduler` are `_partial_` configs finished here with the net's parameters and
     the run length; `monitor`/`monitor_mode` name the metric that picks best.ckpt (read by
@@ -31,3 +32,18 @@ class SupervisedTask(pl.LightningModule):
 
     def configure_optimizers(self):
         return build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
+
+    def evaluate(self, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
+        from segen.evaluation.supervised import evaluate_supervised
+
+        return evaluate_supervised(self, cfg, datamodule, f"{model} on {data}")
+
+    def class_names(self) -> list[str]:
+        """Names of the net's output classes, from the data this task is trained or tested on."""
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = self.output_class_names(dm.info) if dm is not None else ()
+        return list(names) if len(names) == self.net.num_classes else [str(i) for i in range(self.net.num_classes)]
+
+    @staticmethod
+    def output_class_names(info) -> tuple[str, ...]:
+        raise NotImplementedError

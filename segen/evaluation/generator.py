@@ -1,4 +1,4 @@
-"""`segen eval ckpt=<dcgan|cgan checkpoint>`: FID, KID, IS (and class consistency) of a generator.
+"""`segen eval` for generators (dcgan, cgan): FID, KID, IS (and class consistency).
 
 `n_fake` images from the (EMA) generator are compared with `n_real` real images of `eval.split`
 (train by default, as in StudioGAN's and clean-fid's protocols), in feature space of
@@ -6,19 +6,16 @@
 segen/metrics/. The real features are cached (`paths.cache_dir`); the output says whether this
 run hit the cache. Prints a table and writes `metrics.json` with the scores and the protocol
 that produced them (sizes, split, feature network and weights sha256, resize mode, seed, time).
+`GANTask.evaluate` and `GANTask.check_eval_request` delegate here.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from segen.commands.common import quiet_lightning, restore, run_dir
-from segen.console import console, metrics_table
 from segen.errors import ConfigError, IncompatibleError
 from segen.metrics.cache import real_features
 from segen.metrics.features import build_feature_net
@@ -30,20 +27,10 @@ from segen.metrics.generative import (
     score_generator,
 )
 from segen.metrics.scores import kid_subset_size
+from segen.overrides import override_keys
+from segen.tasks.base import Evaluation, Table
 
 SPLITS = ("train", "val", "test")
-
-
-def handles(ckpt_path: str) -> bool:
-    """True when the checkpoint holds a generator (a `GANTask`), which this module evaluates."""
-    from hydra.utils import get_class
-
-    from segen.checkpoint import checkpoint_config, load_checkpoint
-    from segen.tasks.gan import GANTask
-
-    run_cfg, _ = checkpoint_config(load_checkpoint(ckpt_path))
-    task_cls = get_class(run_cfg.model._target_)
-    return isinstance(task_cls, type) and issubclass(task_cls, GANTask)
 
 
 def _positive_int(ev: DictConfig, key: str, least: int) -> int:
@@ -58,7 +45,7 @@ def check_settings(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     ev = cfg.eval
-    if any(o.split("=", 1)[0] == "split" for o in HydraConfig.get().overrides.task):
+    if "split" in override_keys(HydraConfig.get().overrides.task):
         raise ConfigError(f"split= picks the split that classifiers and segmenters are scored on; for a generator, pick the real images with eval.split={cfg.split}")
     if ev.split not in SPLITS:
         raise ConfigError(f"eval.split={ev.split} is not a split; use eval.split=train, val or test")
@@ -79,25 +66,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(cfg: DictConfig) -> dict[str, float]:
+def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
+    """FID/KID/IS (and class consistency) of `task`'s sampler against real images of `eval.split`."""
     start = time.time()
-    check_settings(cfg)
     ev = cfg.eval
-    quiet_lightning()
-    pl.seed_everything(cfg.seed, verbose=False)
     device = pick_device(str(ev.device))
-
-    # The feature network first: missing Inception weights fail before any data is loaded.
     net = build_feature_net(ev.features, ev.classifier_ckpt, ev.inception_weights, ev.download_weights, ev.antialias).to(device)
-    run_cfg, task, datamodule = restore(cfg)
-    model, data = run_cfg.choices.get("model"), run_cfg.choices.get("data")
-    class_names = list(getattr(datamodule, "class_names", []) or [])
+    info = datamodule.info
+    class_names = list(info.class_names)
     consistency = bool(ev.class_consistency) and task.conditional and ev.features == "classifier"
+    notes: list[str] = []
     if ev.features == "classifier":
-        channels = task.generator.channels
-        if channels != net.in_channels:
+        if info.channels != net.in_channels:
             raise IncompatibleError(
-                f"the classifier takes {net.in_channels}-channel images, the generator makes {channels}-channel ones; "
+                f"the classifier takes {net.in_channels}-channel images, the generator makes {info.channels}-channel ones; "
                 f"use a classifier trained on {data}"
             )
         if consistency and net.class_names != class_names:
@@ -106,20 +88,17 @@ def main(cfg: DictConfig) -> dict[str, float]:
                 f"use a classifier trained on {data}, or eval.class_consistency=false"
             )
         if net.data != data:
-            console.print(f"[yellow]Note:[/] the classifier was trained on {net.data}, the generator on {data}")
+            notes.append(f"[yellow]Note:[/] the classifier was trained on {net.data}, the generator on {data}")
     elif ev.class_consistency and task.conditional:
-        console.print("[dim]Class consistency needs a classifier of this dataset: eval.features=classifier eval.classifier_ckpt=...[/]")
+        notes.append("[dim]Class consistency needs a classifier of this dataset: eval.features=classifier eval.classifier_ckpt=...[/]")
     if not (ev.fid or ev.kid or ev["is"] or consistency):
         raise ConfigError(f"nothing to compute: eval.fid, eval.kid and eval.is are false, and class consistency needs a cgan and eval.features=classifier ({model}, {ev.features})")
 
     datamodule.prepare_data()
-    datamodule.setup("test")
-    images = getattr(datamodule.splits.get(ev.split), "images", None)
-    if images is None:
-        raise IncompatibleError(f"data={data} holds no {ev.split} images in memory to compare with; pick another eval.split")
+    images = datamodule.split_images(ev.split)
     real = real_subset(images, ev.n_real)
     if len(real) < ev.n_real:
-        console.print(f"[yellow]Note:[/] the {ev.split} split has {len(images)} images; using all of them as the real set (eval.n_real={ev.n_real})")
+        notes.append(f"[yellow]Note:[/] the {ev.split} split has {len(images)} images; using all of them as the real set (eval.n_real={ev.n_real})")
     n_real = len(real)
 
     label = f"{data}-{ev.split}-{n_real}-{net.name}"
@@ -129,7 +108,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     if reals is not None:
         state = "cache hit" if reals.hit else ("cache miss, computed and saved" if reals.path else "computed (cache off)")
         where = f" ({reals.path})" if reals.path else ""
-        console.print(f"[bold]Real features:[/] {state} in {time.time() - real_start:.2f} s{where}")
+        notes.append(f"[bold]Real features:[/] {state} in {time.time() - real_start:.2f} s{where}")
 
     task.to(device)
     scores = score_generator(
@@ -140,9 +119,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
     overall = {k: v for k, v in scores.items() if not k.startswith("class_consistency/")}
     per_class = {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith("class_consistency/")}
-    console.print(metrics_table(f"{model} on {data}: {ev.n_fake} generated vs {n_real} real ({ev.split}), {net.name} features", overall))
+    tables = [Table(f"{model} on {data}: {ev.n_fake} generated vs {n_real} real ({ev.split}), {net.name} features", overall)]
     if per_class:
-        console.print(metrics_table("class consistency per class", per_class, names=("class", "consistency")))
+        tables.append(Table("class consistency per class", per_class, ("class", "consistency")))
 
     protocol = {
         "n_real": n_real,
@@ -158,12 +137,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         "seed": cfg.seed,
         "real_features_cache": {"hit": reals.hit, "path": str(reals.path) if reals.path else None} if reals is not None else None,
         "device": str(device),
+        "scoring_s": round(time.time() - start, 3),
     }
-    elapsed = round(time.time() - start, 3)
-    report = {"ckpt": str(cfg.ckpt), "model": model, "data": data, "metrics": scores, "protocol": protocol, "elapsed_s": elapsed}
-    path = run_dir() / "metrics.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"[bold]Protocol:[/] {net.protocol['feature_extractor']}; resize {net.protocol['resize']}; weights sha256 {net.protocol['weights_sha256'][:16]}...; seed {cfg.seed}")
-    console.print(f"[bold]Wrote[/] {path} in {elapsed:.1f} s")
-    return scores
-
+    notes_after = f"[bold]Protocol:[/] {net.protocol['feature_extractor']}; resize {net.protocol['resize']}; weights sha256 {net.protocol['weights_sha256'][:16]}...; seed {cfg.seed}"
+    return Evaluation(scores, tables, {"protocol": protocol}, [*notes, notes_after])

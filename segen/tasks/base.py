@@ -1,0 +1,112 @@
+"""The task contract: the one interface between segen's commands and a model kind.
+
+A task (a LightningModule) is the only place that knows what its model kind is. `segen train`,
+`segen eval`, `segen sample` and the callbacks ask it, through the members below, what data it
+needs, how it is scored, what it writes, and whether training ends with a test pass; they never
+test classes or look up attributes to guess. A new model kind implements this class (or reuses
+a task that does); docs/extending.md walks through it.
+
+The heavy lifting of `evaluate` and `write_samples` lives in one module per model kind
+(`segen/evaluation/*.py`, `segen/outputs/*.py`), so the LightningModule stays about training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from segen.data.info import DataInfo
+from segen.errors import ConfigError, IncompatibleError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Table:
+    """Rows of a table `segen eval` prints: `{row name: value}` under two column names."""
+
+    title: str
+    rows: dict[str, Any]
+    columns: tuple[str, str] = ("metric", "value")
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` returns: the metrics (flat, `split/metric[/class]`), the tables to print,
+    notes to print before them, and what `metrics.json` records beside the metrics."""
+
+    metrics: dict[str, float]
+    tables: list[Table]
+    report: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Task(pl.LightningModule):
+    """Base of every segen task; subclasses set the class attributes and implement the methods.
+
+    - `needs`: the targets the data must serve (`DataInfo.targets`), checked before any work.
+    - `batch_target`: what a training batch's second element is ("labels", "masks") or None.
+    - `image_range`: "standardized" (mean/std of the data) or "symmetric" ([-1, 1], for tanh
+      generators).
+    - `test_after_fit`: whether `segen train test=true` ends with a test pass.
+    - `generates`: whether `sample(noise, labels)` draws images (FID callback, `segen sample`).
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset()
+    batch_target: ClassVar[str | None] = None
+    image_range: ClassVar[str] = "standardized"
+    test_after_fit: ClassVar[bool] = True
+    generates: ClassVar[bool] = False
+
+    # -- before any work: data compatibility and the data's form -------------------------------------
+    @classmethod
+    def check_data(cls, info: DataInfo, model: str, data: str) -> None:
+        """Fail in one line when `data` cannot serve this task."""
+        for need in sorted(cls.needs - info.targets):
+            from segen.data.catalog import datasets_with
+
+            others = ", ".join(datasets_with(need)) or "none"
+            raise IncompatibleError(f"model={model} needs {need}, which data={data} does not provide; choose a dataset with {need}: {others}")
+
+    @classmethod
+    def fit_data(cls, datamodule) -> None:
+        """Set the datamodule's batch target and image range for this task (before `setup`)."""
+        if cls.batch_target is not None:
+            datamodule.use_target(cls.batch_target)
+        if cls.image_range == "symmetric":
+            datamodule.use_symmetric_range()
+
+    # -- segen eval -----------------------------------------------------------------------------------
+    @classmethod
+    def check_eval_request(cls, cfg: DictConfig) -> None:
+        """Fail on an impossible `segen eval` request before the model or data are loaded."""
+        if cfg.split not in SPLITS:
+            raise ConfigError(f"split={cfg.split} is not a split; use split=test, split=val or split=train")
+
+    def evaluate(self, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
+        """Score this model as `segen eval` does (cfg: the eval command's config; model, data:
+        the config choices the checkpoint was trained with, for titles and messages)."""
+        raise NotImplementedError
+
+    def image_classifier(self):
+        """The network, when this task is an image classifier whose `features(x)` (penultimate
+        layer, `feature_dim` wide) and `head(features)` can score generators; else None."""
+        return None
+
+    # -- segen sample ---------------------------------------------------------------------------------
+    @classmethod
+    def check_sample_request(cls, cfg: DictConfig, model: str) -> None:
+        """Fail on an impossible `segen sample` request before the model or data are loaded;
+        tasks that write samples override this (and `write_samples`)."""
+        raise IncompatibleError(
+            f"{model} is not a generative model and predicts no masks, so there is nothing to sample; "
+            f"use `segen eval ckpt={cfg.ckpt}` to evaluate it, or pass a generator or segmenter checkpoint"
+        )
+
+    def write_samples(self, cfg: DictConfig, datamodule, out: Path, model: str) -> list[Path]:
+        """Write what `segen sample` makes for this model into `out`; return the paths."""
+        raise NotImplementedError
