@@ -9,7 +9,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from segen.callbacks import FlushLogsOnCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss
+from segen.callbacks import (
+    FlushLogsOnCheckpoint,
+    ResumeReport,
+    SaveOnInterrupt,
+    StopOnNonFiniteLoss,
+)
 from segen.checkpoint import (
     AtomicCheckpointIO,
     ConfigInCheckpoint,
@@ -19,7 +24,7 @@ from segen.checkpoint import (
 )
 from segen.commands.common import choices, prepare_data_for_task, quiet_lightning, run_dir
 from segen.config import bind_data_info, build
-from segen.console import console, print_config_tree
+from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
 
 
@@ -36,6 +41,7 @@ def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
 def main(cfg: DictConfig) -> dict[str, float]:
     out = run_dir()
     quiet_lightning()
+    drop_lightning_lines(*NOISE)
     picked = choices()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -46,7 +52,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         # Download/verify now, so missing data fails in one line before the Trainer starts;
         # Lightning calls it again later, which is then a cheap no-op.
         datamodule.prepare_data()
-    print_config_tree(cfg, save_to=out / "config_tree.log")
+    print_config_tree(cfg, save_to=out / "config_tree.log", choices=picked)
 
     resume_from = checked_resume_path(cfg, picked.get("model"))
     task = build(cfg.model, "model")
@@ -56,6 +62,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     interrupt = SaveOnInterrupt()
     callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), interrupt,
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
+    if resume_from:
+        callbacks.append(ResumeReport(resume_from))
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -72,12 +80,15 @@ def main(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = ""
     # Tasks without a test step (GANs: no test metric yet) skip `test: true`.
     if cfg.get("test") and not trainer.interrupted and is_overridden("test_step", task):
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+        tested = "best.ckpt" if best else "the final weights (no best.ckpt was written)"
 
-    console.print(f"[bold]Run directory:[/] {out}", soft_wrap=True)  # paths stay copyable
-    if best:
-        console.print(f"[bold]Best checkpoint:[/] {best}", soft_wrap=True)
+    note(f"Run directory: {out}")
+    note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
+    if tested:
+        note(f"Test metrics are of {tested}")
     return metrics
