@@ -91,10 +91,10 @@ def _plain(cfg) -> dict:
 
 
 def changed_values(cfg, base) -> dict[str, tuple[object, object]]:
-    """{key: (value, default)} where `cfg` differs from `base` (`default` is "-" for new keys);
+    """{key: (value, default)} where `cfg` differs from `base` (`default` is ADDED for new keys);
     keys `base` leaves to the data (???) are not changes."""
     now, before = _leaves(_plain(cfg)), _leaves(_plain(base))
-    return {k: (v, before.get(k, "-")) for k, v in now.items() if before.get(k, "-") != v and before.get(k) != "???"}
+    return {k: (v, before.get(k, ADDED)) for k, v in now.items() if before.get(k, ADDED) != v and before.get(k) != "???"}
 
 
 def run_defaults():
@@ -107,6 +107,13 @@ def run_defaults():
     groups = set(hydra_cfg.runtime.choices)
     picks = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in groups]
     return compose(config_name=hydra_cfg.job.config_name, overrides=picks)
+
+
+ADDED = object()  # the "default" of a key the run added (+key=value)
+
+
+def _was(default) -> str:
+    return "[dim](added)[/]" if default is ADDED else f"[dim](default {_text(default)})[/]"
 
 
 def _text(value) -> str:
@@ -123,11 +130,11 @@ def summary_tree(choices: dict[str, str], changes: dict[str, tuple[object, objec
         mine = {k: v for k, v in changes.items() if k.split(".")[0] == top}
         node = tree.add(f"[bold]{group}[/]: {picked[group]}")
         for key, (value, default) in mine.items():
-            node.add(f"{key.split('.', 1)[1] if '.' in key else key}: {_text(value)}  [dim](default {_text(default)})[/]")
+            node.add(f"{key.split('.', 1)[1] if '.' in key else key}: {_text(value)}  {_was(default)}")
     tops = {g.split("/")[0].split("@")[0] for g in picked}
     for key, (value, default) in changes.items():
         if key.split(".")[0] not in tops:
-            tree.add(f"{key}: {_text(value)}  [dim](default {_text(default)})[/]")
+            tree.add(f"{key}: {_text(value)}  {_was(default)}")
     return tree
 
 
