@@ -84,16 +84,25 @@ def _leaves(node, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): node}
 
 
-def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
+def _resolved_leaves(cfg) -> dict[str, object]:
+    """`_leaves` with each value resolved on its own: a value that cannot be resolved yet (it
+    points at a ??? the data fills) reads as ???, instead of failing the whole tree."""
+    from omegaconf import Container, OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    out = {}
+    for key in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+            out[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+        except Exception:  # missing, or interpolating a missing value
+            out[key] = "???"
+    return out
 
 
 def changed_values(cfg, base) -> dict[str, tuple[object, object]]:
     """{key: (value, default)} where `cfg` differs from `base` (`default` is ADDED for new keys);
     keys `base` leaves to the data (???) are not changes."""
-    now, before = _leaves(_plain(cfg)), _leaves(_plain(base))
+    now, before = _resolved_leaves(cfg), _resolved_leaves(base)
     return {k: (v, before.get(k, ADDED)) for k, v in now.items() if before.get(k, ADDED) != v and before.get(k) != "???"}
 
 
