@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -39,6 +40,18 @@ def note(text: str, stderr: bool = False) -> None:
     else:
         console.print(text, soft_wrap=True, markup=False, highlight=False)
     log.info(text)
+
+
+def print_unwrapped(renderable) -> None:
+    """Print a rich renderable; off a terminal, at whatever width its lines need (a tree or
+    table otherwise crops them at 80 columns, and a cropped path is a wrong path)."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    wide = Console(file=io.StringIO(), width=1000, color_system=None)
+    wide.print(renderable)
+    for line in wide.file.getvalue().splitlines():
+        console.out(line.rstrip(), highlight=False)
 
 
 def drop_lightning_lines(*texts: str) -> None:
@@ -159,7 +172,7 @@ def print_config_tree(cfg, save_to: Path | None = None, choices: dict[str, str] 
     except Exception:  # outside a Hydra job (scripts, tests): the whole tree, as before
         console.print(config_tree(cfg))
         return
-    console.print(summary_tree(choices or {}, changes))
+    print_unwrapped(summary_tree(choices or {}, changes))
     if save_to is not None:
         note(f"Full config: {save_to} (or segen {cfg.get('command', 'train')} --cfg job)")
 
