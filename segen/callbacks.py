@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from segen.console import drop_lightning_lines, note
 from segen.errors import SegenError
 
 
@@ -42,11 +42,10 @@ class SaveOnInterrupt(pl.Callback):
         self.saved = last
         if trainer.is_global_zero:
             what = "Ctrl-C" if isinstance(exception, KeyboardInterrupt) else "SIGTERM"
-            print(
+            note(
                 f"segen train: stopped by {what} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
                 f"saved {last}; resume with: {command}",
-                file=sys.stderr,
-                flush=True,
+                stderr=True,
             )
 
 
@@ -97,3 +96,66 @@ class FlushLogsOnCheckpoint(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+
+class ValidateFinalStep(pl.Callback):
+    """Validate the final weights of a run that `trainer.max_steps` stops mid-epoch.
+
+    Lightning validates at epoch ends only, so such a run ended with weights no validation had
+    seen: best.ckpt was missing (no monitored value yet) or older than the final weights, and
+    the test pass silently used other weights. Asking the trainer to stop at the final step
+    (`trainer.should_stop`, as early stopping does) makes Lightning validate first, and the
+    checkpoint callbacks then see the final score.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class ResumeReport(pl.Callback):
+    """One true line when a run resumes, in place of Lightning's generic ones.
+
+    What is restored: weights, optimizer and LR-scheduler states, step counters, RNG states and
+    best.ckpt tracking. An end-of-epoch checkpoint continues exactly as if the run never
+    stopped. A mid-epoch one (Ctrl-C, SIGTERM, `last_checkpoint.every_n_train_steps`) does not:
+    the training loader cannot resume inside its shuffled order, so the rest of that epoch is
+    drawn from a new shuffle (Lightning still counts the remaining batches right).
+    """
+
+    def __init__(self, ckpt_path: str):
+        self.ckpt_path = ckpt_path
+        self._stored: dict = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Said better by the line below; the directory is the run's own on purpose.
+        drop_lightning_lines("Checkpoint directory", "ended before the epoch ended", "Restoring states from", "Restored all states from")
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        self._stored = {"epoch": checkpoint.get("epoch"), "step": checkpoint.get("global_step"),
+                        "batches_done": batches.get("current", {}).get("processed")}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._report(trainer, finished=trainer.fit_loop.done)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # A finished run's fit loop is skipped (no on_train_start): nothing was left to train.
+        self._report(trainer, finished=True)
+
+    def _report(self, trainer, finished: bool) -> None:
+        if not trainer.is_global_zero or self._stored.get("reported"):
+            return
+        self._stored["reported"] = True
+        epoch, step, done = self._stored.get("epoch"), self._stored.get("step"), self._stored.get("batches_done")
+        line = (f"segen train: resumed from {self.ckpt_path} (epoch {epoch}, step {step}): weights, optimizers, "
+                f"LR schedules, RNG states and best.ckpt tracking restored; ")
+        total = trainer.num_training_batches
+        if finished:
+            line += "nothing left to train"
+        elif done is not None and 0 < done < total:
+            line += (f"saved mid-epoch (after batch {done} of {total}): the rest of epoch {epoch} is drawn from a "
+                     "new shuffle, so this run will differ slightly from one that never stopped")
+        else:
+            line += "continues exactly as if it had never stopped"
+        note(line)

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint
 
 from segen import __version__
 from segen.errors import CheckpointError
@@ -104,3 +105,45 @@ class RNGStateInCheckpoint(pl.Callback):
         np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"]))
         version, internal, gauss = states["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+class LastCheckpoint(Checkpoint):
+    """`last.ckpt`: the newest state of the run, whatever the monitored metric does.
+
+    Lightning's `ModelCheckpoint(save_last=True)` rewrites `last.ckpt` only in a step where it
+    also wrote a top-k checkpoint (and at train end only if it never saved), so once the metric
+    stops improving `last.ckpt` freezes: resuming then retrains epochs and `sample`/`eval` read
+    stale weights. This callback writes it at the end of every epoch (after validation and the
+    best.ckpt update, so it carries the current best-score state), every `every_n_train_steps`
+    steps if set, and when training ends. It is a `Checkpoint`, so Lightning runs it after the
+    other callbacks; list it after `ModelCheckpoint`. The write goes through the trainer's
+    checkpoint IO (`AtomicCheckpointIO`), so it is atomic.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", every_n_train_steps: int = 0):
+        self.dirpath = Path(dirpath)
+        self.path = self.dirpath / f"{filename}.ckpt"
+        self.every_n_train_steps = every_n_train_steps
+        self._written_at: int | None = None  # global step of the last write
+
+    def _write(self, trainer: pl.Trainer) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._written_at = trainer.global_step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # A resumed run's state is on disk already: a resumed finished run rewrites nothing.
+        self._written_at = trainer.global_step if trainer.ckpt_path else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0:
+            self._write(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Always, even right after a step-based write: this one holds the validated epoch.
+        self._write(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._written_at != trainer.global_step:
+            self._write(trainer)

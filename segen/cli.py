@@ -115,7 +115,9 @@ def check_composes(overrides: list[str], command: str, cfg_dir: Path) -> None:
         first = text.splitlines()[0] if text else type(err).__name__
         if "Could not override" in first:
             key = first.split("'")[1]
-            fail(f"unknown config key '{key}'; check the spelling with `segen {command} --cfg job`, or add a new key with +{key}=VALUE", command)
+            from segen.suggest import did_you_mean
+
+            fail(f"unknown config key '{key}'{did_you_mean(key, cfg_dir, command, overrides)}; check the spelling with `segen {command} --cfg job`, or add a new key with +{key}=VALUE", command)
         if "Could not append" in first:
             fail(f"{first} use {first.split('at ')[-1].strip(' .')}=VALUE (no +) to change an existing key", command)
         fail(first, command)
@@ -245,6 +247,38 @@ def relaunchable_job(command: str, entry: str):
             torch_dist.destroy_process_group()
 
 
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def existing_run_paths(overrides: list[str], command: str) -> set[Path]:
+    """The run directory this job may use and its parents that exist before Hydra creates any of
+    them: `remove_refused_run` never deletes these."""
+    value = next((o.partition("=")[2] for o in overrides if o.startswith("hydra.run.dir=")), None)
+    run = Path(value).expanduser().absolute() if value and "$" not in value else Path.cwd() / "outputs" / command / "_"
+    return {p for p in (run, *run.parents) if p.exists()}
+
+
+def remove_refused_run(run_dir: Path, keep: set[Path]) -> None:
+    """After a refused job (a SegenError), remove the run directory Hydra made for it if it holds
+    only Hydra's own files (`.hydra/`, the job log): an empty run is noise in outputs/. A folder
+    that existed before, or holds anything else, is left alone; so are parents that existed."""
+    run_dir = run_dir.absolute()
+    if run_dir in keep or not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        hydra_record = entry.name == ".hydra" and entry.is_dir() and {f.name for f in entry.iterdir()} <= HYDRA_FILES
+        job_log = entry.is_file() and entry.suffix == ".log"
+        if not (hydra_record or job_log):
+            return  # the job wrote something: keep all of it
+    import shutil
+
+    shutil.rmtree(run_dir)
+    for parent in run_dir.parents:  # outputs/<command>/ made for this run alone
+        if parent in keep or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def run(command: str, argv: list[str]) -> None:
     import importlib
 
@@ -278,14 +312,19 @@ def run(command: str, argv: list[str]) -> None:
         check_composes(overrides, command, cfg_dir)
 
     module = importlib.import_module(f"segen.commands.{MODULES[command]}")
+    keep = existing_run_paths(args.overrides, command)
 
     def task(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
         from segen.errors import SegenError
 
         try:
             with relaunchable_job(command, entry):
                 return module.main(cfg)
         except SegenError as err:
+            if not args.multirun and not relaunched:
+                remove_refused_run(Path(HydraConfig.get().runtime.output_dir), keep)
             fail(str(err), command)
 
     sys.argv = [f"segen {command}", *argv]

@@ -1,8 +1,9 @@
-"""Lightning's CSV logger, changed to append: a resumed run must not erase its own history.
+"""Lightning's loggers, as segen runs need them.
 
-Lightning's CSVLogger deletes an existing metrics.csv when it starts in a non-empty folder.
-`segen train resume=RUN_DIR` logs into the original run directory, so this logger reads the
-existing header and appends to the file instead.
+CSV, changed to append: a resumed run must not erase its own history. Lightning's CSVLogger
+deletes an existing metrics.csv when it starts in a non-empty folder; `segen train
+resume=RUN_DIR` logs into the original run directory, so this logger reads the existing header
+and appends to the file instead. TensorBoard: says where its logs are and how to view them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
+from pytorch_lightning.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 
@@ -31,3 +33,17 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class TensorBoardLogger(_LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger that says, once, where its logs go and how to view them."""
+
+    _announced = False
+
+    def log_hyperparams(self, params, metrics=None) -> None:
+        super().log_hyperparams(params, metrics)
+        if not self._announced:
+            self._announced = True
+            from segen.console import note
+
+            note(f"TensorBoard logs: {self.log_dir}; view them with: tensorboard --logdir {self.log_dir}")

@@ -8,6 +8,7 @@ without a GPU.
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytorch_lightning as pl
@@ -83,10 +84,79 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         finally:
             self._skip_metrics = False
+        if batch_idx == 0 and self.progress is not None and self.train_progress_bar_id is not None:
+            # Now that the optimizer steps per batch are measured, correct the bar's total.
+            self.progress.update(self.train_progress_bar_id, total=self.total_train_batches)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = (trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def _steps_per_batch(self) -> float:
+        """Optimizer steps per batch: what `trainer.max_steps` counts. A GAN steps D and G, so
+        it is 2 there (1.5 with d_steps=2); measured once a batch has run."""
+        trainer = self.trainer
+        start_step, start_batch = getattr(self, "_epoch_start", (0, 0))
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed - start_batch
+        if batches > 0 and trainer.global_step > start_step:
+            return (trainer.global_step - start_step) / batches
+        if trainer.lightning_module is not None and not trainer.lightning_module.automatic_optimization:
+            return float(max(1, len(trainer.optimizers)))
+        return 1.0 / trainer.accumulate_grad_batches
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches this epoch will really run: `max_steps` can end it early."""
+        trainer = self.trainer
+        total = trainer.num_training_batches
+        if trainer.max_steps is None or trainer.max_steps < 0 or total == float("inf"):
+            return total
+        start_step, start_batch = getattr(self, "_epoch_start", (trainer.global_step, 0))
+        left = math.ceil((trainer.max_steps - start_step) / self._steps_per_batch())
+        return max(0, min(total, start_batch + left))
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # "Epoch 0/31" for a run that max_steps ends within epoch 0 said 31 epochs were coming.
+        trainer = self.trainer
+        last = (trainer.max_epochs - 1) if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        total = trainer.num_training_batches
+        if trainer.max_steps is not None and trainer.max_steps > 0 and total not in (0, float("inf")):
+            left = math.ceil((trainer.max_steps - trainer.global_step) / self._steps_per_batch())
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            by_steps = current_epoch + max(0, math.ceil((left + done) / total) - 1)
+            last = by_steps if last is None else min(last, by_steps)
+        text = f"Epoch {current_epoch}" + (f"/{last}" if last is not None else "")
+        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
 
     def _update_metrics(self, trainer, pl_module) -> None:
         if not self._skip_metrics:
             super()._update_metrics(trainer, pl_module)
+
+
+class ModelSummary(pl.callbacks.RichModelSummary):
+    """Lightning's rich model summary without what is empty: the FLOPs column and total are
+    zeros unless a module declares them, so they are shown only when they are not."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, **kwargs) -> None:
+        from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
+        from rich import get_console
+        from rich.table import Table
+
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs" or total_flops]
+        table = Table(header_style=kwargs.get("header_style", "bold magenta"))
+        for name, _ in columns:
+            table.add_column(name or " ", justify="right" if name in ("Params", "FLOPs") else "left", style="dim" if not name else None)
+        for row in zip(*(values for _, values in columns), strict=True):
+            table.add_row(*row)
+        frozen = total_parameters - trainable_parameters
+        line = (f"{get_human_readable_count(int(trainable_parameters))} trainable params"
+                f"{f', {get_human_readable_count(int(frozen))} frozen' if frozen else ''}, {model_size:.1f} MB")
+        if total_flops:
+            line += f", {get_human_readable_count(total_flops)} FLOPs"
+        console = get_console()
+        console.print(table)
+        console.print(line)
 
 
 class FirstStepTime(pl.Callback):

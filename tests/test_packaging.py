@@ -14,11 +14,16 @@ from setuptools import find_packages
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_subpackage_is_listed_in_pyproject():
+def test_every_subpackage_and_config_group_is_listed_in_pyproject():
+    # A config folder missing from the list still ships (package-data), but setuptools then
+    # prints a "would be ignored" banner per folder on every install.
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools_cfg["packages"])
     found = set(find_packages(str(ROOT), include=["segen", "segen.*"]))
-    assert found | {"segen.configs"} == listed
+    groups = {"segen.configs." + d.relative_to(ROOT / "configs").as_posix().replace("/", ".") for d in (ROOT / "configs").rglob("*") if d.is_dir()}
+    assert found | {"segen.configs"} | groups == listed
+    assert set(setuptools_cfg["package-data"]) == {"segen.configs"} | groups
 
 
 def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):

@@ -8,7 +8,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from segen.callbacks import FlushLogsOnCheckpoint, SaveOnInterrupt, StopOnNonFiniteLoss
+from segen.callbacks import (
+    FlushLogsOnCheckpoint,
+    ResumeReport,
+    SaveOnInterrupt,
+    StopOnNonFiniteLoss,
+)
 from segen.checkpoint import (
     AtomicCheckpointIO,
     ConfigInCheckpoint,
@@ -18,7 +23,7 @@ from segen.checkpoint import (
 )
 from segen.commands.common import choices, fit_data_to_task, quiet_lightning, run_dir
 from segen.config import bind_data, build
-from segen.console import console, print_config_tree
+from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
 
 
@@ -35,6 +40,7 @@ def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
 def main(cfg: DictConfig) -> dict[str, float]:
     out = run_dir()
     quiet_lightning()
+    drop_lightning_lines(*NOISE)
     picked = choices()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -45,7 +51,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
         # Download/verify now, so missing data fails in one line before the Trainer starts;
         # Lightning calls it again later, which is then a cheap no-op.
         datamodule.prepare_data()
-    print_config_tree(cfg, save_to=out / "config_tree.log")
+    print_config_tree(cfg, save_to=out / "config_tree.log", choices=picked)
 
     resume_from = checked_resume_path(cfg, picked.get("model"))
     task = build(cfg.model, "model")
@@ -55,6 +61,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
     interrupt = SaveOnInterrupt()
     callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), interrupt,
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
+    if resume_from:
+        callbacks.append(ResumeReport(resume_from))
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -71,12 +79,15 @@ def main(cfg: DictConfig) -> dict[str, float]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    tested = ""
     # Tasks with no test metric (GANs: `segen eval` scores them) skip `test: true`.
     if cfg.get("test") and not trainer.interrupted and task.test_after_fit:
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+        tested = "best.ckpt" if best else "the final weights (no best.ckpt was written)"
 
-    console.print(f"[bold]Run directory:[/] {out}", soft_wrap=True)  # paths stay copyable
-    if best:
-        console.print(f"[bold]Best checkpoint:[/] {best}", soft_wrap=True)
+    note(f"Run directory: {out}")
+    note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
+    if tested:
+        note(f"Test metrics are of {tested}")
     return metrics

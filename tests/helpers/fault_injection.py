@@ -32,3 +32,17 @@ class PoisonAtStep(pl.Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+class RecordLastCheckpoint(pl.Callback):
+    """At each epoch start, append "epoch global_step" as stored in `path` (last.ckpt) to `out`:
+    what a run killed at that moment would resume from."""
+
+    def __init__(self, path: str, out: str):
+        self.path, self.out = path, out
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if os.path.isfile(self.path):
+            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+            with open(self.out, "a") as f:
+                f.write(f"{ckpt['epoch']} {ckpt['global_step']}\n")
