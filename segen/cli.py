@@ -19,8 +19,9 @@ COMMANDS = {
     "train": "train a model (default: cnn on the built-in shapes data)",
     "sample": "draw images from a trained generator: segen sample ckpt=PATH",
     "eval": "evaluate a checkpoint on a split: segen eval ckpt=PATH",
+    "export": "write a checkpoint's network as ONNX or TorchScript: segen export ckpt=PATH format=onnx",
 }
-MODULES = {"train": "train", "sample": "sample", "eval": "evaluate"}
+MODULES = {"train": "train", "sample": "sample", "eval": "evaluate", "export": "export"}
 EXAMPLES = (
     "segen train                                  # cnn on shapes, no download needed",
     "segen train model=cnn data=cifar10 trainer=gpu",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -69,3 +70,31 @@ class ClassificationTask(SupervisedTask):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(dm, "class_names", None)
         return list(names) if names is not None else [str(i) for i in range(self.net.num_classes)]
+
+    def export_spec(self, datamodule):
+        """`segen export`: the net's logits for standardized images; batch size is free."""
+        from segen.export import ExportSpec, image_hw, image_input
+
+        size = image_hw(datamodule.image_size)
+        channels = datamodule.channels
+
+        def images(batch: int) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, channels, *size, generator=torch.Generator().manual_seed(batch)),)
+
+        names = [str(n) for n in datamodule.class_names]
+        return ExportSpec(
+            module=self.net,
+            example_inputs=images(2),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            check_inputs=images,
+            sidecar={
+                "task": "classification",
+                "input": image_input("images", channels, size, datamodule.mean, datamodule.std),
+                "output": {"name": "logits", "shape": ["batch", len(names)], "dtype": "float32",
+                           "meaning": "class scores; argmax is the predicted class, softmax gives probabilities"},
+                "class_names": names,
+            },
+        )
+

@@ -250,3 +250,42 @@ class ConditionalGANTask(GANTask):
         if getattr(generator, "num_classes", None) is None:
             raise ConfigError("model=cgan needs a class-conditional generator (segen.models.cgan.Generator)")
         super().__init__(generator, discriminator, *args, **kwargs)
+
+    def export_spec(self, datamodule):
+        """`segen export`: the sampling generator (the EMA copy when there is one) from noise
+        (and labels, for cgan) to images in [-1, 1]; batch size is free."""
+        from segen.export import ExportSpec
+
+        latent = self.latent_dim
+
+        def inputs(batch: int) -> tuple[torch.Tensor, ...]:
+            gen = torch.Generator().manual_seed(batch)
+            noise = torch.randn(batch, latent, generator=gen)
+            if not self.conditional:
+                return (noise,)
+            return noise, torch.randint(0, self.num_classes, (batch,), generator=gen)
+
+        names = ["noise", "labels"] if self.conditional else ["noise"]
+        size = self.sampler.image_size
+        channels = self.sampler.channels
+        sidecar = {
+            "task": "generation",
+            "input": {"name": "noise", "shape": ["batch", latent], "dtype": "float32", "distribution": "standard normal N(0, 1)"},
+            "latent_dim": latent,
+            "output": {"name": "images", "shape": ["batch", channels, size, size], "layout": "NCHW", "dtype": "float32",
+                       "value_range": [-1.0, 1.0], "postprocess": "uint8_image = round((x + 1) * 127.5), clipped to [0, 255]",
+                       "color": "RGB" if channels == 3 else "grayscale"},
+            "ema": self.ema_decay is not None,
+        }
+        if self.conditional:
+            sidecar["labels"] = {"name": "labels", "shape": ["batch"], "dtype": "int64", "range": [0, self.num_classes - 1]}
+            sidecar["class_names"] = [str(n) for n in datamodule.class_names]
+        return ExportSpec(
+            module=self.sampler,
+            example_inputs=inputs(2),
+            input_names=names,
+            output_names=["images"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "images": {0: "batch"}},
+            check_inputs=inputs,
+            sidecar=sidecar,
+        )

@@ -142,3 +142,39 @@ class SegmentationTask(SupervisedTask):
         return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
 
 
+
+    def export_spec(self, datamodule):
+        """`segen export`: per-pixel logits; batch, height and width are free (H and W multiples of
+        2**depth for a U-Net, whose padding to such a multiple stays in PyTorch)."""
+        from segen.export import ExportSpec, image_hw, image_input
+        from segen.viz import default_palette
+
+        size = image_hw(datamodule.image_size)
+        channels = datamodule.channels
+        multiple = 2 ** int(getattr(self.net, "depth", 0))
+        if size[0] % multiple or size[1] % multiple:  # export at the nearest larger valid size
+            size = (size[0] + -size[0] % multiple, size[1] + -size[1] % multiple)
+
+        def images(batch: int, height: int = size[0]) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, channels, height, size[1], generator=torch.Generator().manual_seed(batch)),)
+
+        names = [str(n) for n in datamodule.mask_class_names]
+        palette = datamodule.palette if getattr(datamodule, "palette", None) is not None else default_palette(len(names))
+        free = {0: "batch", 2: "height", 3: "width"} if multiple > 1 else {0: "batch"}
+        return ExportSpec(
+            module=self.net,
+            example_inputs=images(2),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": free, "logits": free},
+            axis_multiples={"height": multiple, "width": multiple} if multiple > 1 else {},
+            check_inputs=lambda batch: images(batch, size[0] + multiple),  # another batch and height
+            sidecar={
+                "task": "segmentation",
+                "input": image_input("images", channels, size, datamodule.mean, datamodule.std, multiple if multiple > 1 else None),
+                "output": {"name": "logits", "shape": ["batch", len(names), "height", "width"], "dtype": "float32",
+                           "meaning": "per-pixel class scores; argmax over axis 1 is the mask of class indices"},
+                "class_names": names,
+                "palette": [[int(c) for c in rgb] for rgb in palette],
+            },
+        )
