@@ -21,6 +21,8 @@ from segen.commands.common import choices, prepare_data_for_task, quiet_lightnin
 from segen.config import bind_data_info, build
 from segen.console import console, print_config_tree
 from segen.errors import IncompatibleError
+from segen.sweep import RunResult
+from segen.trackers import finish_run, log_config
 
 
 def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
@@ -33,11 +35,13 @@ def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
     return str(cfg.ckpt)
 
 
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> RunResult:
     out = run_dir()
     quiet_lightning()
     picked = choices()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Built first: a tracker whose package is missing fails here, before data is touched.
+    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
 
     datamodule = build(cfg.data, "data")
     prepare_data_for_task(cfg.model, datamodule, picked.get("model"), picked.get("data"))
@@ -58,10 +62,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
-    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"choices": picked, "seed": cfg.seed})
+    log_config(trainer.loggers, cfg, picked)  # the resolved config as flat params: segen/trackers.py
 
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
@@ -77,7 +79,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
 
+    report = finish_run(trainer, out, metrics, best)  # metrics.json, curves.png, tracker artifacts
     console.print(f"[bold]Run directory:[/] {out}", soft_wrap=True)  # paths stay copyable
     if best:
         console.print(f"[bold]Best checkpoint:[/] {best}", soft_wrap=True)
-    return metrics
+    # float() of it is the objective (best monitored value) that an Optuna sweep optimizes.
+    return RunResult(metrics, objective=report["best_score"] if report["best_score"] is not None else metrics.get(str(task.monitor)))

@@ -232,13 +232,10 @@ class GANTask(pl.LightningModule):
         save_grid(images, path, nrow=GRID_COLUMNS)
         from torchvision.utils import make_grid
 
+        from segen.trackers import log_image
+
         grid = make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=255)
-        for logger in self.trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(logger, "log_image"):  # wandb, neptune, ...
-                logger.log_image(key="samples", images=[grid], step=self.global_step)
-            elif hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image("samples", grid, self.global_step)
+        log_image(self.trainer.loggers, "samples", grid, self.global_step)  # TensorBoard, MLflow, W&B
 
 
 class ConditionalGANTask(GANTask):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -178,3 +179,27 @@ class SegmentationTask(SupervisedTask):
                 "palette": [[int(c) for c in rgb] for rgb in palette],
             },
         )
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+        """Once per validation: the first images with their true masks (top row) and predicted
+        masks (bottom row) overlaid, to `<run dir>/samples/overlays_epoch_XXX.png` and the trackers."""
+        if batch_idx != 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        from segen.trackers import log_image
+        from segen.viz import colorize, default_palette, overlay, save_grid
+
+        images, masks = batch[0][:8], batch[1][:8]
+        with torch.no_grad():
+            predicted = self(images).argmax(1)
+        if masks.shape[-2:] != images.shape[-2:]:  # labels kept at their own resolution
+            masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
+        dm = self.trainer.datamodule
+        mean = torch.tensor(dm.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(dm.std, device=images.device).view(1, -1, 1, 1)
+        pixels = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+        palette = dm.palette if getattr(dm, "palette", None) is not None else default_palette(self.num_classes)
+        rows = torch.cat([overlay(pixels, colorize(masks.cpu(), palette)), overlay(pixels, colorize(predicted.cpu(), palette))])
+        save_grid(rows, Path(self.trainer.default_root_dir) / "samples" / f"overlays_epoch_{self.current_epoch:03d}.png", nrow=len(pixels))
+        log_image(self.trainer.loggers, "val/overlays", make_grid(rows, nrow=len(pixels), padding=2, pad_value=255), self.global_step)
