@@ -177,6 +177,21 @@ def check_launcher(overrides: list[str], command: str) -> None:
                 fail(f"hydra/launcher={value} needs Hydra's submitit launcher; install it with: pip install 'segen[slurm]'", command)
 
 
+def check_extras(overrides: list[str], command: str) -> None:
+    """A choice that needs an optional package (logger=mlflow, hparams_search=...) fails here,
+    naming the extra to install, before anything loads (segen/extras.py lists them)."""
+    from segen.errors import SegenError
+    from segen.extras import check_choice
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        for choice in value.split(","):
+            try:
+                check_choice(key.lstrip("+~"), choice)
+            except SegenError as err:
+                fail(str(err), command)
+
+
 def check_run_dir(overrides: list[str], command: str) -> None:
     """A run directory that cannot be created fails before anything runs or is written."""
     for text in overrides:
@@ -262,6 +277,7 @@ def run(command: str, argv: list[str]) -> None:
     if not relaunched:
         check_choices(args.overrides, command, cfg_dir)
         check_launcher(args.overrides, command)
+        check_extras(args.overrides, command)
         check_run_dir(args.overrides, command)
     argv = _forced_group_keys(argv, command)
     overrides = _forced_group_keys(args.overrides, command)

@@ -140,5 +140,5 @@ class SweepSummary(Callback):
         path.write_text(json.dumps({"sweep_dir": str(sweep_dir), "best": best, "jobs": records}, indent=2) + "\n")
         console.print(summary_table(records, f"sweep: {len(records)} jobs"))
         if best is not None:
-            console.print(f"[bold]Best:[/] job {best['job']}: {best['monitor']} = {best['value']:.4f}  ({' '.join(best['overrides'])})", soft_wrap=True)
+            console.print(f"[bold]Best job:[/] {best['job']} ({best['monitor_mode'] or 'max'} {best['value']:.4f}): {' '.join(best['overrides'])}", soft_wrap=True)
         console.print(f"[bold]Sweep directory:[/] {sweep_dir}  [bold]Summary:[/] {path}")
