@@ -72,6 +72,8 @@ def write(spec: ExportSpec, fmt: str, out: Path, opset: int | None = None) -> Pa
         # torch marks TorchScript deprecated; the file still loads with torch.jit.load and LibTorch.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        # U-Net's "pad to a multiple" branch is traced as not taken: the sidecar asks for multiples.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         if fmt == "torchscript":
             traced = torch.jit.trace(module, spec.example_inputs, check_trace=False)
             traced.save(str(out))
@@ -101,7 +103,9 @@ def run_exported(path: Path, fmt: str, inputs: tuple[torch.Tensor, ...], input_n
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feeds = {name: x.cpu().numpy() for name, x in zip(input_names, inputs, strict=True)}
         return torch.from_numpy(session.run(None, feeds)[0])
-    loaded = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+        loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         out = loaded(*inputs)
     return (out[0] if isinstance(out, (tuple, list)) else out).float()

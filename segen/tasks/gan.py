@@ -238,16 +238,6 @@ class GANTask(pl.LightningModule):
         log_image(self.trainer.loggers, "samples", grid, self.global_step)  # TensorBoard, MLflow, W&B
 
 
-class ConditionalGANTask(GANTask):
-    """`model=cgan`: the same training, with a class-conditional generator and discriminator."""
-
-    requires = ("labels",)
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, *args, **kwargs):
-        if getattr(generator, "num_classes", None) is None:
-            raise ConfigError("model=cgan needs a class-conditional generator (segen.models.cgan.Generator)")
-        super().__init__(generator, discriminator, *args, **kwargs)
-
     def export_spec(self, datamodule):
         """`segen export`: the sampling generator (the EMA copy when there is one) from noise
         (and labels, for cgan) to images in [-1, 1]; batch size is free."""
@@ -286,3 +276,13 @@ class ConditionalGANTask(GANTask):
             check_inputs=inputs,
             sidecar=sidecar,
         )
+
+class ConditionalGANTask(GANTask):
+    """`model=cgan`: the same training, with a class-conditional generator and discriminator."""
+
+    requires = ("labels",)
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *args, **kwargs):
+        if getattr(generator, "num_classes", None) is None:
+            raise ConfigError("model=cgan needs a class-conditional generator (segen.models.cgan.Generator)")
+        super().__init__(generator, discriminator, *args, **kwargs)
