@@ -50,7 +50,7 @@ def test_write_curves_writes_a_png_or_nothing(tmp_path: Path):
 
 
 def test_segen_train_leaves_curves_png(segen, tmp_path):
-    result = segen("train", "debug=smoke", "trainer.max_steps=3", "data.num_train=128", "data.num_test=32",
+    result = segen("train", "debug=smoke", "data.num_train=128", "data.num_test=32",
                    "data.batch_size=16", "model.net.widths=[8,16]", "model.net.pool=[false,true]",
                    "model.net.residual=[false,false]", "test=false", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

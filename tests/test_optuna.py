@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from segen.sweep import RunResult, best_record, job_record
 
-TINY = ["debug=smoke", "trainer.max_steps=3", "data.num_train=128", "data.num_test=32", "data.batch_size=16",
+TINY = ["debug=smoke", "data.num_train=128", "data.num_test=32", "data.batch_size=16",
         "model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,false]"]
 
 

@@ -10,7 +10,7 @@ import pytest
 from blocked_imports import block_modules
 from conftest import run_segen
 
-TINY = ["debug=smoke", "trainer.max_steps=3", "data.num_train=128", "data.num_test=32", "data.batch_size=16",
+TINY = ["debug=smoke", "data.num_train=128", "data.num_test=32", "data.batch_size=16",
         "model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,false]"]
 
 
@@ -18,6 +18,7 @@ def train(tmp_path: Path, *args: str):
     return run_segen("train", *TINY, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
 
 
+@pytest.mark.slow  # a smoke training with MLflow's SQLite store: ~40-70 s on 2 cores
 def test_mlflow_run_holds_params_metrics_and_artifacts(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -63,6 +64,7 @@ def wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow  # a smoke training with wandb's service process: ~40 s on 2 cores
 def test_wandb_offline_run_is_readable_by_wandb(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     import subprocess
@@ -78,12 +80,13 @@ def test_wandb_offline_run_is_readable_by_wandb(tmp_path, monkeypatch):
     config, history, summary = {}, [], {}
     for record in wandb_records(run_file):
         kind = record.WhichOneof("record_type")
+        # wandb stores "val/acc" either as a key or as the nested key ["val", "acc"]
         if kind == "config":
-            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+            config.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.config.update})
         elif kind == "history":
-            history.append({item.key: item.value_json for item in record.history.item})
+            history.append({item.key or "/".join(item.nested_key): item.value_json for item in record.history.item})
         elif kind == "summary":
-            summary.update({item.key: json.loads(item.value_json) for item in record.summary.update})
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update})
     assert config["model.optimizer.lr"] == 0.01 and config["choices.model"] == "cnn"
     assert any("val/acc" in row for row in history) and any("train/loss" in row for row in history)
     assert summary["best_checkpoint"] == str(tmp_path / "run" / "checkpoints" / "best.ckpt")

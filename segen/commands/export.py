@@ -36,8 +36,6 @@ def main(cfg: DictConfig) -> dict[str, float]:
     out = Path(cfg.out) if cfg.out else run_dir() / f"model{FORMATS[cfg.format]}"
     try:
         path = write(spec, cfg.format, out, cfg.opset)
-    except ExportError:
-        raise
     except Exception as err:  # the exporter's own failure: its root cause names the op
         root = err
         while root.__cause__ is not None:
