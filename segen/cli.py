@@ -19,8 +19,9 @@ COMMANDS = {
     "train": "train a model (default: cnn on the built-in shapes data)",
     "sample": "draw images from a trained generator: segen sample ckpt=PATH",
     "eval": "evaluate a checkpoint on a split: segen eval ckpt=PATH",
+    "export": "write a checkpoint's network as ONNX or TorchScript: segen export ckpt=PATH format=onnx",
 }
-MODULES = {"train": "train", "sample": "sample", "eval": "evaluate"}
+MODULES = {"train": "train", "sample": "sample", "eval": "evaluate", "export": "export"}
 EXAMPLES = (
     "segen train                                  # cnn on shapes, no download needed",
     "segen train model=cnn data=cifar10 trainer=gpu",
@@ -182,6 +183,21 @@ def check_launcher(overrides: list[str], command: str) -> None:
                 fail(f"hydra/launcher={value} needs Hydra's submitit launcher; install it with: pip install 'segen[slurm]'", command)
 
 
+def check_extras(overrides: list[str], command: str) -> None:
+    """A choice that needs an optional package (logger=mlflow, hparams_search=...) fails here,
+    naming the extra to install, before anything loads (segen/extras.py lists them)."""
+    from segen.errors import SegenError
+    from segen.extras import check_choice
+
+    for text in overrides:
+        key, _, value = text.partition("=")
+        for choice in value.split(","):
+            try:
+                check_choice(key.lstrip("+~"), choice)
+            except SegenError as err:
+                fail(str(err), command)
+
+
 def check_run_dir(overrides: list[str], command: str) -> None:
     """A run directory that cannot be created fails before anything runs or is written."""
     for override in parsed_overrides(overrides, command):
@@ -304,6 +320,7 @@ def run(command: str, argv: list[str]) -> None:
     if not relaunched:
         check_choices(args.overrides, command, cfg_dir)
         check_launcher(args.overrides, command)
+        check_extras(args.overrides, command)
         check_run_dir(args.overrides, command)
     overrides = _forced_group_keys(args.overrides, command)
     as_typed = dict(zip(args.overrides, overrides, strict=True))

@@ -25,14 +25,31 @@ RESULT_FILE = "result.json"
 SUMMARY_FILE = "summary.json"
 
 
+class RunResult(dict):
+    """What `segen train` returns: its final metrics, and `float(result)` = the objective, the best
+    value of the task's monitored metric (what best.ckpt holds). Hydra's Optuna sweeper calls
+    float() on a job's return value; the sweep summary reads the metrics and the objective."""
+
+    def __init__(self, metrics: dict[str, float], objective: float | None):
+        super().__init__(metrics)
+        self.objective = objective
+
+    def __float__(self) -> float:
+        if self.objective is None:
+            raise TypeError("this run has no objective: its task monitors no metric (model.monitor is null)")
+        return float(self.objective)
+
+
 def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
     """What one job reports: its overrides, status, the metric it was tuned for and all metrics."""
     metrics: dict[str, float] = {}
+    objective = None
     error = None
     if job_return.status == JobStatus.COMPLETED:
         value = job_return.return_value
         if isinstance(value, dict):
             metrics = {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float))}
+        objective = getattr(value, "objective", None)
     else:
         try:
             job_return.return_value  # noqa: B018 - raises the job's exception
@@ -43,6 +60,8 @@ def job_record(config: DictConfig, job_return: JobReturn) -> dict[str, Any]:
         "overrides": list(job_return.overrides or []),
         "status": job_return.status.name if job_return.status is not None else "UNKNOWN",
         "monitor": OmegaConf.select(config, "model.monitor", default=None),
+        "monitor_mode": OmegaConf.select(config, "model.monitor_mode", default=None),
+        "objective": objective,  # best value of the monitor over the run (None: no monitor)
         "metrics": metrics,
         "error": error,
         "run_dir": str(config.hydra.runtime.output_dir),
@@ -56,22 +75,42 @@ def final_metric(record: dict[str, Any]) -> tuple[str, float | None]:
     return name, metrics.get(name)
 
 
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed job with the best objective (its monitored metric's best value, else its
+    final value), in the direction of `model.monitor_mode`; None when no job has a number."""
+    scored = []
+    for record in records:
+        value = record.get("objective")
+        value = final_metric(record)[1] if value is None else value
+        if record["status"] == "COMPLETED" and value is not None and not math.isnan(value):
+            scored.append((value, record))
+    if not scored:
+        return None
+    pick = min if scored[0][1].get("monitor_mode") == "min" else max
+    return pick(scored, key=lambda pair: pair[0])[1]
+
+
 def summary_table(records: list[dict[str, Any]], title: str):
     """Rows: job, the overrides that differ between jobs (the shared ones go in the caption),
-    status, metric name, its final value and, for a val/ metric, its test/ counterpart."""
+    status, metric name, its final value, the best value over the run (the objective a search
+    optimizes; the best job is marked) and, for a val/ metric, its test/ counterpart."""
     from rich.table import Table
 
     shared = [o for o in records[0]["overrides"] if all(o in r["overrides"] for r in records)] if len(records) > 1 else []
     table = Table(title=title, caption=f"all jobs: {' '.join(shared)}" if shared else None)
-    for column, justify in (("job", "right"), ("overrides", "left"), ("status", "left"), ("metric", "left"), ("final", "right"), ("test", "right")):
+    for column, justify in (("job", "right"), ("overrides", "left"), ("status", "left"), ("metric", "left"),
+                            ("final", "right"), ("best", "right"), ("test", "right")):
         table.add_column(column, justify=justify)
+    winner = best_record(records)
     for record in records:
         varying = [o for o in record["overrides"] if o not in shared]
         name, value = final_metric(record)
         test = record["metrics"].get(name.replace("val/", "test/", 1)) if name.startswith("val/") else None
-        cells = [f"{v:.4f}" if v is not None and not math.isnan(v) else "-" for v in (value, test)]
+        cells = [f"{v:.4f}" if v is not None and not math.isnan(v) else "-" for v in (value, record.get("objective"), test)]
         status = record["status"] if not record["error"] else f"{record['status']}: {record['error']}"
-        table.add_row(str(record["job"]), " ".join(varying), status, name or "-", *cells)
+        is_best = winner is not None and record["job"] == winner["job"]
+        job = f"{record['job']} *" if is_best else str(record["job"])
+        table.add_row(job, " ".join(varying), status, name or "-", *cells, style="bold green" if is_best else None)
     return table
 
 
@@ -94,6 +133,14 @@ class SweepSummary(Callback):
         if not records:
             return
         path = sweep_dir / SUMMARY_FILE
-        write_json(path, {"sweep_dir": str(sweep_dir), "jobs": records})
+        winner = best_record(records)
+        best = None
+        if winner is not None:
+            value = winner["objective"] if winner.get("objective") is not None else final_metric(winner)[1]
+            best = {"job": winner["job"], "overrides": winner["overrides"], "monitor": winner["monitor"],
+                    "monitor_mode": winner.get("monitor_mode"), "value": value, "run_dir": winner["run_dir"]}
+        write_json(path, {"sweep_dir": str(sweep_dir), "best": best, "jobs": records})
         console.print(summary_table(records, f"sweep: {len(records)} jobs"))
+        if best is not None:
+            console.print(f"[bold]Best job:[/] {best['job']} ({best['monitor_mode'] or 'max'} {best['value']:.4f}): {' '.join(best['overrides'])}", soft_wrap=True)
         console.print(f"[bold]Sweep directory:[/] {sweep_dir}  [bold]Summary:[/] {path}")

@@ -25,6 +25,8 @@ from segen.commands.common import choices, fit_data_to_task, quiet_lightning, ru
 from segen.config import bind_data, build
 from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
+from segen.sweep import RunResult
+from segen.trackers import finish_run, log_config
 
 
 def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
@@ -37,12 +39,14 @@ def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
     return str(cfg.ckpt)
 
 
-def main(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> RunResult:
     out = run_dir()
     quiet_lightning()
     drop_lightning_lines(*NOISE)
     picked = choices()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Built first: a tracker whose package is missing fails here, before data is touched.
+    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
 
     datamodule = build(cfg.data, "data")
     fit_data_to_task(cfg.model, datamodule, picked.get("model"), picked.get("data"))
@@ -65,10 +69,8 @@ def main(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(ResumeReport(resume_from))
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
-    loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
-    for logger in trainer.loggers:
-        logger.log_hyperparams({"choices": picked, "seed": cfg.seed})
+    log_config(trainer.loggers, cfg, picked)  # the resolved config as flat params: segen/trackers.py
 
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=resume_from)
@@ -86,8 +88,10 @@ def main(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
         tested = "best.ckpt" if best else "the final weights (no best.ckpt was written)"
 
+    report = finish_run(trainer, out, metrics, best)  # metrics.json, curves.png, tracker artifacts
     note(f"Run directory: {out}")
     note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
     if tested:
         note(f"Test metrics are of {tested}")
-    return metrics
+    # float() of it is the objective (best monitored value) that an Optuna sweep optimizes.
+    return RunResult(metrics, objective=report["best_score"] if report["best_score"] is not None else metrics.get(str(task.monitor)))

@@ -72,7 +72,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.conditioning == "embed":
             return self.net(torch.cat([z, self.embed(labels)], dim=1))
-        x = z.view(len(z), -1, 1, 1)
+        x = z.flatten(1)[:, :, None, None]  # not view(len(z), ...): see dcgan.Generator.forward
         for layer in self.net.layers:
             x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
         return x

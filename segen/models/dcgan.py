@@ -114,7 +114,8 @@ class Generator(nn.Module):
         self.apply(init_weights)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z.view(len(z), -1, 1, 1))
+        # flatten + index, not view(len(z), ...): len() would fix the batch size in an export.
+        return self.layers(z.flatten(1)[:, :, None, None])
 
 
 class Discriminator(nn.Module):

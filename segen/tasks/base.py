@@ -110,3 +110,9 @@ class Task(pl.LightningModule):
     def write_samples(self, cfg: DictConfig, datamodule, out: Path, model: str) -> list[Path]:
         """Write what `segen sample` makes for this model into `out`; return the paths."""
         raise NotImplementedError
+
+    # -- segen export ---------------------------------------------------------------------------------
+    def export_spec(self, datamodule):
+        """The inference network to export (`segen.export.ExportSpec`): module, example inputs,
+        names, free axes and the JSON sidecar that says how to call it without segen."""
+        raise IncompatibleError(f"{type(self).__name__} does not say what its inference network is, so it cannot be exported")

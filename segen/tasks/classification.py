@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
@@ -72,3 +73,31 @@ class ClassificationTask(SupervisedTask):
 
     def image_classifier(self):
         return self.net
+
+    def export_spec(self, datamodule):
+        """`segen export`: the net's logits for standardized images; batch size is free."""
+        from segen.export import ExportSpec, image_input
+
+        info = datamodule.info
+        size, channels = info.image_size, info.channels
+
+        def images(batch: int) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, channels, *size, generator=torch.Generator().manual_seed(batch)),)
+
+        names = list(info.class_names)
+        return ExportSpec(
+            module=self.net,
+            example_inputs=images(2),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            check_inputs=images,
+            sidecar={
+                "task": "classification",
+                "input": image_input("images", channels, size, datamodule.mean, datamodule.std),
+                "output": {"name": "logits", "shape": ["batch", len(names)], "dtype": "float32",
+                           "meaning": "class scores; argmax is the predicted class, softmax gives probabilities"},
+                "class_names": names,
+            },
+        )
+

@@ -235,14 +235,50 @@ class GANTask(Task):
         save_grid(images, path, nrow=GRID_COLUMNS)
         from torchvision.utils import make_grid
 
-        grid = make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=255)
-        for logger in self.trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(logger, "log_image"):  # wandb, neptune, ...
-                logger.log_image(key="samples", images=[grid], step=self.global_step)
-            elif hasattr(experiment, "add_image"):  # TensorBoard
-                experiment.add_image("samples", grid, self.global_step)
+        from segen.trackers import log_image
 
+        grid = make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=255)
+        log_image(self.trainer.loggers, "samples", grid, self.global_step)  # TensorBoard, MLflow, W&B
+
+
+    def export_spec(self, datamodule):
+        """`segen export`: the sampling generator (the EMA copy when there is one) from noise
+        (and labels, for cgan) to images in [-1, 1]; batch size is free."""
+        from segen.export import ExportSpec
+
+        latent = self.latent_dim
+
+        def inputs(batch: int) -> tuple[torch.Tensor, ...]:
+            gen = torch.Generator().manual_seed(batch)
+            noise = torch.randn(batch, latent, generator=gen)
+            if not self.conditional:
+                return (noise,)
+            return noise, torch.randint(0, self.num_classes, (batch,), generator=gen)
+
+        names = ["noise", "labels"] if self.conditional else ["noise"]
+        size = self.sampler.image_size
+        channels = self.sampler.channels
+        sidecar = {
+            "task": "generation",
+            "input": {"name": "noise", "shape": ["batch", latent], "dtype": "float32", "distribution": "standard normal N(0, 1)"},
+            "latent_dim": latent,
+            "output": {"name": "images", "shape": ["batch", channels, size, size], "layout": "NCHW", "dtype": "float32",
+                       "value_range": [-1.0, 1.0], "postprocess": "uint8_image = round((x + 1) * 127.5), clipped to [0, 255]",
+                       "color": "RGB" if channels == 3 else "grayscale"},
+            "ema": self.ema_decay is not None,
+        }
+        if self.conditional:
+            sidecar["labels"] = {"name": "labels", "shape": ["batch"], "dtype": "int64", "range": [0, self.num_classes - 1]}
+            sidecar["class_names"] = list(datamodule.info.class_names)
+        return ExportSpec(
+            module=self.sampler,
+            example_inputs=inputs(2),
+            input_names=names,
+            output_names=["images"],
+            dynamic_axes={**{n: {0: "batch"} for n in names}, "images": {0: "batch"}},
+            check_inputs=inputs,
+            sidecar=sidecar,
+        )
 
     # -- the task contract: segen eval and segen sample ---------------------------------------------
     @classmethod

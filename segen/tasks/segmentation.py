@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -145,3 +146,62 @@ class SegmentationTask(SupervisedTask):
         from segen.outputs.masks import write_masks
 
         return write_masks(self, cfg, datamodule, out)
+
+
+    def export_spec(self, datamodule):
+        """`segen export`: per-pixel logits; batch, height and width are free (H and W multiples of
+        2**depth for a U-Net, whose padding to such a multiple stays in PyTorch)."""
+        from segen.export import ExportSpec, image_input
+        info = datamodule.info
+        size, channels = info.image_size, info.channels
+        multiple = 2 ** int(getattr(self.net, "depth", 0))
+        if size[0] % multiple or size[1] % multiple:  # export at the nearest larger valid size
+            size = (size[0] + -size[0] % multiple, size[1] + -size[1] % multiple)
+
+        def images(batch: int, height: int = size[0]) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(batch, channels, height, size[1], generator=torch.Generator().manual_seed(batch)),)
+
+        names = list(info.mask_class_names)
+        palette = info.mask_palette()
+        free = {0: "batch", 2: "height", 3: "width"} if multiple > 1 else {0: "batch"}
+        return ExportSpec(
+            module=self.net,
+            example_inputs=images(2),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": free, "logits": free},
+            axis_multiples={"height": multiple, "width": multiple} if multiple > 1 else {},
+            check_inputs=lambda batch: images(batch, size[0] + multiple),  # another batch and height
+            sidecar={
+                "task": "segmentation",
+                "input": image_input("images", channels, size, datamodule.mean, datamodule.std, multiple if multiple > 1 else None),
+                "output": {"name": "logits", "shape": ["batch", len(names), "height", "width"], "dtype": "float32",
+                           "meaning": "per-pixel class scores; argmax over axis 1 is the mask of class indices"},
+                "class_names": names,
+                "palette": [[int(c) for c in rgb] for rgb in palette],
+            },
+        )
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
+        """Once per validation: the first images with their true masks (top row) and predicted
+        masks (bottom row) overlaid, to `<run dir>/samples/overlays_epoch_XXX.png` and the trackers."""
+        if batch_idx != 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        from torchvision.utils import make_grid
+
+        from segen.trackers import log_image
+        from segen.viz import colorize, overlay, save_grid
+
+        images, masks = batch[0][:8], batch[1][:8]
+        with torch.no_grad():
+            predicted = self(images).argmax(1)
+        if masks.shape[-2:] != images.shape[-2:]:  # labels kept at their own resolution
+            masks = F.interpolate(masks[:, None].float(), size=images.shape[-2:], mode="nearest")[:, 0].long()
+        dm = self.trainer.datamodule
+        mean = torch.tensor(dm.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(dm.std, device=images.device).view(1, -1, 1, 1)
+        pixels = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+        palette = dm.info.mask_palette()
+        rows = torch.cat([overlay(pixels, colorize(masks.cpu(), palette)), overlay(pixels, colorize(predicted.cpu(), palette))])
+        save_grid(rows, Path(self.trainer.default_root_dir) / "samples" / f"overlays_epoch_{self.current_epoch:03d}.png", nrow=len(pixels))
+        log_image(self.trainer.loggers, "val/overlays", make_grid(rows, nrow=len(pixels), padding=2, pad_value=255), self.global_step)
