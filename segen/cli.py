@@ -303,7 +303,14 @@ def run(command: str, argv: list[str]) -> None:
 
     cfg_dir = _config_dir()
     entry = os.path.abspath(sys.argv[0])  # the `segen` script: what DDP ranks > 0 re-run
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+
+    def one_line(message: str):  # argparse would print its whole usage block
+        hint = "; write Hydra flags (-m, --cfg job) before the overrides" if "unrecognized arguments" in message else ""
+        fail(f"{message}{hint}", command)
+
+    parser.error = one_line
+    args = parser.parse_args(argv)
     # A DDP rank > 0 re-runs overrides that rank 0 has already checked and expanded.
     relaunched = os.environ.get(RELAUNCH_ENV) == "1"
     if command == "train" and not args.multirun and not relaunched:

@@ -69,7 +69,8 @@ def bind_data(model_cfg, info) -> None:
     """
     from omegaconf import OmegaConf, open_dict
 
-    binding = OmegaConf.to_container(model_cfg.get(BINDING_KEY) or {})
+    binding = model_cfg.get(BINDING_KEY)
+    binding = OmegaConf.to_container(binding) if binding is not None else {}
     with open_dict(model_cfg):
         for path, field in binding.items():
             if OmegaConf.select(model_cfg, path, default=_UNSET) is not _UNSET:
