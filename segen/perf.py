@@ -77,6 +77,7 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
         super().__init__(**kwargs)
         self.metrics_every_n_steps = max(1, metrics_every_n_steps)
         self._skip_metrics = False
+        self._last_metrics: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._skip_metrics = (batch_idx + 1) % self.metrics_every_n_steps != 0
@@ -128,9 +129,12 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
         text = f"Epoch {current_epoch}" + (f"/{last}" if last is not None else "")
         return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
 
-    def _update_metrics(self, trainer, pl_module) -> None:
-        if not self._skip_metrics:
-            super()._update_metrics(trainer, pl_module)
+    def get_metrics(self, trainer, pl_module) -> dict:
+        # Between refreshes the bar shows the values read last time (no tensor -> float sync).
+        if self._skip_metrics and self._last_metrics is not None:
+            return self._last_metrics
+        self._last_metrics = super().get_metrics(trainer, pl_module)
+        return self._last_metrics
 
 
 class ModelSummary(pl.callbacks.RichModelSummary):

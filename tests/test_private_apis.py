@@ -2,7 +2,8 @@
 with a message naming the place to fix, not somewhere deep in a run.
 
 Everything else uses public APIs (IoU from torchmetrics' MulticlassConfusionMatrix.compute,
-config walks through OmegaConf.to_container). These three have no public equivalent:
+config walks through OmegaConf.to_container, the progress bar's public get_metrics). These
+have no public equivalent:
 """
 
 from __future__ import annotations
@@ -46,4 +47,22 @@ def test_csv_writer_still_deletes_through_the_hook_segen_overrides():
     )
     assert "_check_log_dir_exists" in inspect.getsource(_ExperimentWriter.__init__), (
         "Lightning's CSV writer no longer calls _check_log_dir_exists on start; update segen/loggers.py (resume would lose metrics.csv)"
+    )
+
+
+def test_progress_bar_description_hook_exists():
+    # segen/perf.py RichProgressBar: "Epoch 0/31" becomes the real last epoch under max_steps.
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    assert callable(getattr(RichProgressBar, "_get_train_description", None)), (
+        "RichProgressBar._get_train_description is gone; update segen/perf.py RichProgressBar"
+    )
+
+
+def test_inception_two_layer_forward_exists():
+    # segen/metrics/features.py InceptionFeatures: pool3 features and logits from one pass.
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    assert callable(getattr(NoTrainInceptionV3, "_torch_fidelity_forward", None)), (
+        "torchmetrics' NoTrainInceptionV3._torch_fidelity_forward is gone; update segen/metrics/features.py InceptionFeatures.forward"
     )
