@@ -9,6 +9,7 @@ files and verifies them; it never guesses what kind of model it holds.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,9 @@ def write(spec: ExportSpec, fmt: str, out: Path, opset: int | None = None) -> Pa
             traced = torch.jit.trace(module, spec.example_inputs, check_trace=False)
             traced.save(str(out))
         elif fmt == "onnx":
+            # The exporter's graph passes log every rewrite at INFO, which Hydra would print.
+            for name in ("onnx_ir", "onnxscript", "torch.onnx"):
+                logging.getLogger(name).setLevel(logging.WARNING)
             program = torch.onnx.export(
                 module,
                 spec.example_inputs,

@@ -35,7 +35,7 @@ def require(modules: tuple[str, ...] | list[str], extra: str, what: str) -> None
     """Raise MissingExtraError naming the pip command when any of `modules` is not importable."""
     missing = [m for m in modules if not installed(m)]
     if missing:
-        raise MissingExtraError(f"{what} needs {', '.join(missing)}, which is not installed; install it with: pip install 'segen[{extra}]'")
+        raise MissingExtraError(f"{what} needs packages that are not installed ({', '.join(missing)}); install them with: pip install 'segen[{extra}]'")
 
 
 def check_choice(group: str, choice: str) -> None:

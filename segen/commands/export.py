@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
     console.print(f"[bold]Exported[/] {run_cfg.choices.get('model')} ({cfg.format}): {path}", soft_wrap=True)
     console.print(f"[bold]Sidecar:[/] {sidecar}", soft_wrap=True)
     shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in zip(spec.input_names, spec.check_inputs(CHECK_BATCH), strict=True))
-    console.print(f"[bold]Check:[/] {cfg.format} vs PyTorch on {shapes}: max abs diff {diff:.2e} (tolerance {cfg.tolerance:g})")
+    console.print(f"[bold]Check:[/] {cfg.format} vs PyTorch on {shapes}: max abs diff {diff:.2e} (tolerance {cfg.tolerance:g})", soft_wrap=True)
     if not diff <= cfg.tolerance:  # NaN fails too
         raise ExportError(f"{path} differs from PyTorch by {diff:.3g} > tolerance {cfg.tolerance:g}; the exported file is not trustworthy")
     return {"max_abs_diff": diff}
