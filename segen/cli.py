@@ -17,7 +17,7 @@ from segen import __version__
 
 COMMANDS = {
     "train": "train a model (default: cnn on the built-in shapes data)",
-    "sample": "draw images from a trained generator: segen sample ckpt=PATH",
+    "sample": "generated images (dcgan, cgan) or predicted masks (unet): segen sample ckpt=PATH",
     "eval": "evaluate a checkpoint on a split: segen eval ckpt=PATH",
     "export": "write a checkpoint's network as ONNX or TorchScript: segen export ckpt=PATH format=onnx",
 }
@@ -57,7 +57,7 @@ def help_text() -> str:
     cfg_dir = _config_dir()
     defaults = default_choices(cfg_dir)
     lines = [f"segen {__version__}: train, sample and evaluate image models for segmentation and generation", ""]
-    lines += ["usage: segen {train,sample,eval} [KEY=VALUE ...] [hydra flags: -m, --cfg job, ...]", "", "commands:"]
+    lines += [f"usage: segen {{{','.join(COMMANDS)}}} [hydra flags: -m, --cfg job, ...] [KEY=VALUE ...]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
     lines += ["", "config groups (pick with GROUP=CHOICE; * = default of `segen train`):"]
     for group, names in config_choices(cfg_dir).items():

@@ -16,8 +16,9 @@ def test_help_lists_commands_every_choice_and_examples(segen):
     result = segen("--help")
     assert result.returncode == 0
     out = result.stdout
-    for command in ("train", "sample", "eval"):
-        assert command in out
+    assert "usage: segen {train,sample,eval,export}" in out
+    for command in ("train", "sample", "eval", "export"):
+        assert f"\n  {command} " in out
     for group, names in config_choices(config_dir()).items():
         line = next(row for row in out.splitlines() if row.strip().startswith(group + " "))
         for name in names:

@@ -8,6 +8,7 @@ the tables and writes `metrics.json` into the run directory.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
@@ -37,4 +38,21 @@ def main(cfg: DictConfig) -> dict[str, float]:
     if is_rank_zero():  # under DDP every rank gets here; one writes
         path = write_json(run_dir() / "metrics.json", report)
         console.print(f"[bold]Wrote[/] {path} in {elapsed:.1f} s", soft_wrap=True)
+        curves = training_curves(Path(cfg.ckpt))
+        if curves is not None:
+            console.print(f"[bold]Training curves:[/] {curves}", soft_wrap=True)
     return result.metrics
+
+
+def training_curves(ckpt: Path) -> Path | None:
+    """`curves.png` of the run a checkpoint came from (`<run>/checkpoints/x.ckpt`), redrawn from
+    its metrics.csv, so an evaluation shows how the model got there."""
+    from segen.curves import write_curves
+
+    run = ckpt.expanduser().resolve().parent.parent
+    if ckpt.expanduser().resolve().parent.name != "checkpoints" or not (run / "metrics.csv").is_file():
+        return None
+    try:
+        return write_curves(run)
+    except OSError:  # a read-only run directory: the metrics above still stand
+        return None
