@@ -17,14 +17,18 @@ from blocked_imports import block_modules
 from conftest import run_segen
 from PIL import Image
 
+from segen.data.info import DataInfo
 from segen.export import TOLERANCE, verify, write
 
 pytest.importorskip("onnxruntime")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "classify_onnx.py"
-SHAPES = SimpleNamespace(image_size=32, channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5),
-                         class_names=("circle", "square", "triangle", "cross"),
-                         mask_class_names=("background", "circle", "square", "triangle", "cross"))
+# What export_spec reads of a datamodule: its DataInfo and its normalization.
+SHAPES = SimpleNamespace(
+    info=DataInfo(name="shapes", channels=3, image_size=(32, 32), class_names=("circle", "square", "triangle", "cross"),
+                  mask_class_names=("background", "circle", "square", "triangle", "cross")),
+    mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 0.5),
+)
 
 
 def perturb_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
@@ -95,7 +99,7 @@ def test_exported_file_matches_pytorch_on_another_batch(kind, fmt, tmp_path):
         assert spec.module is task.sampler  # the EMA generator when there is one
         assert spec.sidecar["latent_dim"] == 16 and spec.sidecar["output"]["value_range"] == [-1.0, 1.0]
     if kind == "cgan":
-        assert spec.input_names == ["noise", "labels"] and spec.sidecar["class_names"] == list(SHAPES.class_names)
+        assert spec.input_names == ["noise", "labels"] and spec.sidecar["class_names"] == list(SHAPES.info.class_names)
 
 
 def test_unet_sidecar_describes_free_height_and_width(tmp_path):
@@ -164,7 +168,7 @@ def test_readme_script_classifies_like_pytorch(checkpoints, tmp_path):
         png = tmp_path / f"{i}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(png)
         got = subprocess.run([sys.executable, str(SCRIPT), str(out), str(png)], capture_output=True, text=True, check=True).stdout.strip()
-        assert got == datamodule.class_names[int(expected[i])]
+        assert got == datamodule.info.class_names[int(expected[i])]
 
 
 def test_onnx_without_its_packages_is_one_line_naming_the_extra(tmp_path, monkeypatch):

@@ -87,7 +87,7 @@ def test_a_step_limited_run_validates_its_final_weights(segen, tmp_path):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [row["step"] for row in rows if row["val/acc"]] == ["3", "4"]  # step index 4 = the final weights
     assert f"Best checkpoint: {run}/checkpoints/best.ckpt" in result.stdout
-    assert "Test metrics are of best.ckpt" in result.stdout
+    assert "The test split was scored with best.ckpt" in result.stdout
 
 
 @pytest.mark.slow

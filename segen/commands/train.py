@@ -92,6 +92,6 @@ def main(cfg: DictConfig) -> RunResult:
     note(f"Run directory: {out}")
     note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
     if tested:
-        note(f"Test metrics are of {tested}")
+        note(f"The test split was scored with {tested}")
     # float() of it is the objective (best monitored value) that an Optuna sweep optimizes.
     return RunResult(metrics, objective=report["best_score"] if report["best_score"] is not None else metrics.get(str(task.monitor)))
