@@ -234,5 +234,7 @@ def test_fid_and_kid_states_match_across_ranks(metrics_1_and_2_processes):
         else:  # float64 sums, added in another order
             torch.testing.assert_close(single[key], ddp[key], rtol=1e-12, atol=1e-12, msg=key)
     torch.testing.assert_close(single["fid"], ddp["fid"], rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(single["kid_mean"], ddp["kid_mean"], rtol=1e-6, atol=1e-8)
+    # The KID states are the same rows (checked above); KID sums float32 kernel values over them
+    # in the gathered order, which moves the last digits (3e-6 relative seen with torch 2.15).
+    torch.testing.assert_close(single["kid_mean"], ddp["kid_mean"], rtol=2e-5, atol=1e-8)
     torch.testing.assert_close(single["kid_std"], ddp["kid_std"])
