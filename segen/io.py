@@ -1,0 +1,67 @@
+"""One way to write a file that a crash must never leave half-written.
+
+Checkpoints, feature caches, dataset caches, `metrics.json` and `summary.json` all go through
+`atomic_write`: the bytes land in a temporary file with a unique name in the target's folder,
+are flushed and fsync'ed, and the file is renamed over the target (`os.replace` is atomic on
+POSIX). A reader, or a second writer of the same file, sees either the old complete file or the
+new complete one, never a mix; two processes building the same cache both succeed and the last
+rename wins with an equally valid file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file for writing; on a clean exit it replaces `path`, else it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (the directory entry itself) where the OS allows it."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """`data` as indented JSON, written atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+    return Path(path)
+
+
+def save_tensors(path: str | Path, data: Any) -> Path:
+    """`torch.save(data)`, written atomically (caches read back with `weights_only=True`)."""
+    import torch
+
+    with atomic_write(path) as f:
+        torch.save(data, f)
+    return Path(path)
