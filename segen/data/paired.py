@@ -68,6 +68,15 @@ def read_label_ids(path: Path, size: tuple[int, int] | None = None) -> np.ndarra
         return np.asarray(im, dtype=np.uint8)
 
 
+def resize_labels(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Label ids resized to `size` = (H, W) with nearest neighbour, as `read_label_ids` does."""
+    from PIL import Image
+
+    if ids.shape == tuple(size):
+        return ids
+    return np.asarray(Image.fromarray(ids, mode="L").resize((size[1], size[0]), Image.NEAREST), dtype=np.uint8)
+
+
 def image_size_of(path: Path) -> tuple[int, int]:
     """(H, W) of an image file, from its header only."""
     from PIL import Image
@@ -102,8 +111,7 @@ def decode_pairs(
             if max_label_id is not None and int(ids.max(initial=0)) > max_label_id:
                 raise DataError(f"annotation {lbl} holds label id {int(ids.max())}, above the largest valid id {max_label_id}; it is not an annotation of this dataset")
             images[i] = read_image(img, size).transpose(2, 0, 1)
-            labels = ids if label_size == tuple(size) else read_label_ids(lbl, size)
-            masks[i] = from_label_ids(labels)
+            masks[i] = from_label_ids(resize_labels(ids, size))
         except OSError as err:
             raise DataError(f"cannot read {img} or {lbl} ({err}); the file is corrupt, unpack it again") from err
     return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks)}
