@@ -114,9 +114,10 @@ def download(root: Path, sha256: str | None, url: str = ARCHIVE_URL) -> None:
             unpacked = Path(tmp) / "unpacked"
             zf.extractall(unpacked, members)
         source = next(unpacked.glob("*/CamVid"))
-        if root.exists():
-            shutil.rmtree(root)
-        shutil.move(str(source), str(root))
+        root.mkdir(parents=True, exist_ok=True)
+        for child in sorted(source.iterdir()):  # folders already there (a user's own) are kept
+            if not (root / child.name).exists():
+                shutil.move(str(child), str(root / child.name))
 
 
 class CamVidDataModule(PairedSegmentationDataModule):
