@@ -19,7 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from segen.data.cityscapes import list_files, read_image, read_label_ids
+from segen.data.cityscapes import list_files
+from segen.data.paired import read_image, read_label_ids
 from segen.errors import SegenError
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision.datasets import Cityscapes
 
 import segen.data.cityscapes as cs
+import segen.data.paired as paired
 from segen.data.cityscapes import (
     CLASS_NAMES,
     CityscapesDataModule,
@@ -70,7 +71,7 @@ def test_datamodule_reads_fixture_maps_ids_and_caches(cs_root, tmp_path, monkeyp
     assert names == sorted(names) and names[0].startswith("aachen")
     # A second datamodule decodes no PNG: everything comes from the cache.
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
-    monkeypatch.setattr(cs, "decode_subset", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(paired, "decode_pairs", lambda *a, **k: pytest.fail("decoded again"))
     again = datamodule(cs_root, tmp_path)
     again.setup()
     assert torch.equal(again.splits["train"].targets, train.targets)

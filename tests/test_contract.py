@@ -121,6 +121,9 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         f.write("half of the new")
         raise RuntimeError("crash mid-write")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    with atomic_write(target, "w") as f:
+        f.write("new")
+    assert target.read_text() == "new" and target.stat().st_mode & 0o044  # readable by others, like open()
 
 
 def _build_cache(root: str, cache: str, barrier) -> int:

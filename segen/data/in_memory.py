@@ -103,6 +103,26 @@ def random_hflip(images: torch.Tensor, masks: torch.Tensor | None = None, genera
     return flipped, torch.where(flip[:, None, None], masks.flip(-1), masks)
 
 
+def median_frequency_weights(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """SegNet's median frequency balancing (Eigen & Fergus 2015): w_c = median(freq) / freq_c with
+    freq_c = pixels of class c / pixels of the images in which c is present (ignored pixels do
+    not count). A class present nowhere gets weight 0 (it cannot be learnt from this split)."""
+    counts = torch.zeros(len(masks), num_classes, dtype=torch.float64)
+    for i, mask in enumerate(masks):
+        flat = mask.reshape(-1).long()
+        counts[i] = torch.bincount(flat[flat < num_classes], minlength=num_classes)[:num_classes].double()
+    valid_pixels = counts.sum(1, keepdim=True)  # labelled pixels of each image
+    present = counts > 0
+    class_pixels = counts.sum(0)
+    image_pixels = (valid_pixels * present).sum(0)
+    seen = class_pixels > 0
+    freq = torch.where(seen, class_pixels / image_pixels.clamp(min=1), torch.zeros_like(class_pixels))
+    if not seen.any():
+        raise DataError("the training split has no labelled pixels; class weights cannot be computed")
+    median = torch.quantile(freq[seen], 0.5)  # the middle two averaged when the count is even
+    return torch.where(seen, median / freq.clamp(min=1e-12), torch.zeros_like(freq)).float()
+
+
 def carve_validation(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split indices 0..n-1 into (train, val) with a fixed seed; `val_split` is a count or fraction."""
     n_val = int(round(val_split * n)) if isinstance(val_split, float) and val_split < 1 else int(val_split)
@@ -189,6 +209,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         if split not in self.splits:
             raise DataError(f"data={self.name} has no {split} split; use train, val or test")
         return self.splits[split].images
+
+    def class_pixel_weights(self) -> torch.Tensor:
+        """Median-frequency class weights `(K,)` of the training split's masks (SegNet's class
+        balancing; `model.class_weights=median_frequency`)."""
+        if "masks" not in self.targets:
+            raise DataError(f"data={self.name} has no masks, so it has no class pixel frequencies")
+        self.setup("fit")
+        return median_frequency_weights(self.splits["train"].targets, len(self.mask_class_names))
 
     def examples(self, split: str, count: int) -> list[Example]:
         """The first `count` examples of a split, with names for the files written about them."""

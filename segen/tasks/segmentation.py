@@ -19,8 +19,12 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from segen.data.info import IGNORE_INDEX
+from segen.errors import ConfigError, IncompatibleError
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
+
+# Class weights computed from the training split: SegNet's median frequency balancing.
+CLASS_WEIGHT_RULES = ("median_frequency",)
 
 
 def iou_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -51,7 +55,8 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGN
 class SegmentationTask(SupervisedTask):
     """Trains any `nn.Module` mapping images to per-pixel logits `(N, K, H, W)`; exposes `num_classes`.
 
-    Loss: cross-entropy (optionally class-weighted) + `dice_weight` x soft Dice; 255 = ignore.
+    Loss: cross-entropy (optionally class-weighted: a list, or `median_frequency` from the
+    datamodule's `class_pixel_weights()`) + `dice_weight` x soft Dice; 255 = ignore.
     Logs `train/loss`, `val/loss`, `val/miou`, `val/pixel_acc`, and at test time `test/miou`,
     `test/pixel_acc` and `test/iou/<class name>`. When masks are larger than the images (labels
     at the original resolution), logits are upsampled bilinearly to the mask size before scoring.
@@ -65,7 +70,7 @@ class SegmentationTask(SupervisedTask):
         net: nn.Module,
         optimizer: Callable,
         scheduler: Callable | None = None,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
         dice_weight: float = 0.0,
         monitor: str = "val/miou",
         monitor_mode: str = "max",
@@ -73,9 +78,13 @@ class SegmentationTask(SupervisedTask):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         self.dice_weight = dice_weight
         n = net.num_classes
-        if class_weights is not None and len(class_weights) != n:
+        # A name is resolved from the training data in `setup`; a list is used as given.
+        self.class_weight_rule = class_weights if isinstance(class_weights, str) else None
+        if self.class_weight_rule is not None and self.class_weight_rule not in CLASS_WEIGHT_RULES:
+            raise ConfigError(f"model.class_weights={class_weights} is not known; use a list of {n} weights, null, or one of {', '.join(CLASS_WEIGHT_RULES)}")
+        if class_weights is not None and self.class_weight_rule is None and len(class_weights) != n:
             raise ValueError(f"class_weights needs {n} entries (one per class), got {len(class_weights)}")
-        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        weights = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None and self.class_weight_rule is None else None
         self.register_buffer("class_weights", weights, persistent=False)
         # One confusion matrix per split (summed over ranks by `compute()`); IoU is read from it.
         self.val_confmat = MulticlassConfusionMatrix(num_classes=n, ignore_index=IGNORE_INDEX)
@@ -84,6 +93,15 @@ class SegmentationTask(SupervisedTask):
     @property
     def num_classes(self) -> int:
         return self.net.num_classes
+
+    def setup(self, stage: str) -> None:
+        if self.class_weight_rule is None or self.class_weights is not None:
+            return
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            raise IncompatibleError(f"model.class_weights={self.class_weight_rule} needs the training data to count class pixels in")
+        dm.setup(stage)
+        self.class_weights = dm.class_pixel_weights().to(self.device)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
