@@ -77,7 +77,7 @@ def test_cgan_eval_with_classifier_features_reports_scores_and_the_protocol(cgan
     assert protocol["kid"]["subset_size"] == 100 and protocol["real_features_cache"]["hit"] is False
     assert report["elapsed_s"] > 0 and "resize" in protocol
     # Each score beside what real images get: the confident share and the FID/KID floor.
-    assert {"confident", "confident/real", "fid/floor", "kid/floor/mean", "kid/floor/std"} <= set(metrics)
+    assert {"confident", "confident/real", "fid/floor", "kid/floor/mean", "kid/floor/std", "is/real/mean"} <= set(metrics)
     assert 0 <= metrics["confident"] <= 1 and 0 <= metrics["confident/real"] <= 1 and metrics["fid/floor"] >= 0
     assert protocol["confidence_threshold"] == 0.9 and protocol["floor"]["n_each"] == 100
     assert "generated" in result.stdout and "real" in result.stdout and "confident" in result.stdout

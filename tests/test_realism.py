@@ -13,7 +13,7 @@ from test_fid import TinyFeatures, correlated, numpy_kid, scipy_frechet, shapes
 
 from segen.metrics.cache import real_features
 from segen.metrics.generative import real_halves, score_real
-from segen.metrics.scores import confident_share
+from segen.metrics.scores import confident_share, inception_score
 
 
 def test_confident_share_counts_images_whose_top_probability_exceeds_the_threshold():
@@ -68,6 +68,12 @@ def test_fid_and_kid_floor_equal_independent_formulas_on_the_two_halves():
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     assert scores["confident/real"] == pytest.approx(float((p.max(1) > 0.9).mean()))
+
+
+def test_the_real_inception_score_is_the_score_of_the_real_logits():
+    logits = torch.from_numpy(correlated(200, 5, seed=7)).float() * 3
+    scores = score_real(logits, logits, fid=False, kid=False, inception=True, seed=3)
+    assert (scores["is/real/mean"], scores["is/real/std"]) == inception_score(logits, 10, seed=3)
 
 
 def test_score_real_computes_only_what_is_asked_and_needs_two_per_half():

@@ -10,7 +10,9 @@ Every score is printed next to what real images get, so that it reads on its own
 - `fid/floor`, `kid/floor/*`: the same distance between two disjoint halves of the real set
   (`eval.floor`); a generator's FID is "bad" only by how far it is above this.
 - `confident` (classifier features): the share of generated images whose top class probability
-  exceeds `eval.confidence_threshold`, beside `confident/real`, the same share on the real set. Prints a table and writes `metrics.json` with the scores and the protocol
+  exceeds `eval.confidence_threshold`, beside `confident/real`, the same share on the real set.
+  A collapsed generator can make one confidently classified blob, so read it with the IS
+  (`is/real/*`: the real set's, the spread over classes a generator should match) and the FID. Prints a table and writes `metrics.json` with the scores and the protocol
 that produced them (sizes, split, feature network and weights sha256, resize mode, seed, time).
 `GANTask.evaluate` and `GANTask.check_eval_request` delegate here.
 """
@@ -121,7 +123,7 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
     label = f"{data}-{ev.split}-{n_real}-{net.name}"
     real_start = time.time()
     cache_dir = cfg.paths.cache_dir if ev.cache else None
-    reals = real_features(real, net, cache_dir, label, ev.batch_size, device) if (ev.fid or ev.kid or threshold is not None) else None
+    reals = real_features(real, net, cache_dir, label, ev.batch_size, device) if (ev.fid or ev.kid or ev["is"] or threshold is not None) else None
     if reals is not None:
         state = "cache hit" if reals.hit else ("cache miss, computed and saved" if reals.path else "computed (cache off)")
         where = f" ({reals.path})" if reals.path else ""
@@ -135,7 +137,10 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
     )
     floor = bool(ev.get("floor", True)) and n_real >= 4
     if reals is not None:
-        scores.update(score_real(reals.features, reals.logits, seed=cfg.seed, fid=floor and ev.fid, kid=floor and ev.kid, confidence_threshold=threshold))
+        scores.update(score_real(
+            reals.features, reals.logits, seed=cfg.seed, fid=floor and ev.fid, kid=floor and ev.kid,
+            confidence_threshold=threshold, inception=bool(ev["is"]),
+        ))
     if ev.get("floor", True) and n_real < 4 and (ev.fid or ev.kid):
         notes.append(f"[yellow]Note:[/] no FID/KID floor: it needs two halves of at least 2 real images, and there are {n_real}")
 
@@ -144,7 +149,10 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
         realism_rows(scores), ("metric", "generated", "real"),
     )]
     if floor and (ev.fid or ev.kid):
-        notes.append(f"[bold]Real column:[/] FID/KID between two disjoint halves of the {n_real} real images ({n_real // 2} each): the floor a generator is read against")
+        notes.append(
+            f"[bold]Real column:[/] the real images' own scores; for FID/KID, between two disjoint halves of the {n_real} "
+            f"real images ({n_real // 2} each): the floor a generator is read against"
+        )
     if threshold is not None:
         notes.append(f"[bold]Confident:[/] share of images whose top class probability under the classifier is > {threshold}")
     per_class = {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith("class_consistency/")}
@@ -174,7 +182,10 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
 
 
 # A generated-side metric -> the real-side metric printed beside it.
-REAL_SIDE = {"confident": "confident/real", "fid": "fid/floor", "kid/mean": "kid/floor/mean", "kid/std": "kid/floor/std"}
+REAL_SIDE = {
+    "confident": "confident/real", "fid": "fid/floor", "kid/mean": "kid/floor/mean", "kid/std": "kid/floor/std",
+    "is/mean": "is/real/mean", "is/std": "is/real/std",
+}
 
 
 def realism_rows(scores: dict[str, float]) -> dict[str, tuple[float | None, float | None]]:

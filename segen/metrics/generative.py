@@ -54,10 +54,12 @@ def score_real(
     fid: bool = True,
     kid: bool = True,
     confidence_threshold: float | None = None,
+    inception: bool = False,
 ) -> dict[str, float]:
     """The real side's own scores: `fid/floor` and `kid/floor/{mean,std}` between the two halves
-    of `real_halves` (needs at least 4 images), and `confident/real`, the classifier's
-    confident share on the real images (with `logits` and `confidence_threshold`)."""
+    of `real_halves` (needs at least 4 images); with `logits`, `confident/real`, the confident
+    share on the real images (with `confidence_threshold`), and `is/real/{mean,std}`, their
+    Inception Score (with `inception`)."""
     scores: dict[str, float] = {}
     if fid or kid:
         a, b = real_halves(len(features))
@@ -69,6 +71,8 @@ def score_real(
             scores["kid/floor/mean"], scores["kid/floor/std"] = kernel_distance(features[a], features[b], KID_SUBSETS, seed=seed)
     if confidence_threshold is not None and logits is not None:
         scores["confident/real"] = confident_share(logits, confidence_threshold)
+    if inception and logits is not None:
+        scores["is/real/mean"], scores["is/real/std"] = inception_score(logits, IS_SPLITS, seed=seed)
     return scores
 
 
