@@ -78,6 +78,6 @@ def test_cifar10_cgan_recipe_is_scored_with_the_real_column(tmp_path, cifar10_ro
     report = json.loads((out / "metrics.json").read_text())
     metrics = report["metrics"]
     assert {"fid", "fid/floor", "kid/mean", "kid/floor/mean", "confident", "confident/real", "class_consistency"} <= set(metrics)
-    # 250 training images on the fixture: all of them are the real set, halves of 125.
-    assert report["protocol"]["n_real"] == 250 and report["protocol"]["floor"]["n_each"] == 125
+    # 200 of the fixture's 250 training images are the real set: halves of 100.
+    assert report["protocol"]["n_real"] == 200 and report["protocol"]["floor"]["n_each"] == 100
     assert report["protocol"]["sampler"] == "EMA generator"
