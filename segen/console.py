@@ -10,6 +10,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -177,10 +178,14 @@ def print_config_tree(cfg, save_to: Path | None = None, choices: dict[str, str] 
         note(f"Full config: {save_to} (or segen {cfg.get('command', 'train')} --cfg job)")
 
 
-def metrics_table(title: str, rows: Mapping[str, float], names: tuple[str, str] = ("metric", "value")) -> Table:
+def metrics_table(title: str, rows: Mapping[str, Any], names: tuple[str, ...] = ("metric", "value")) -> Table:
+    """A table of `{row name: value}`; a tuple value fills one column each (`names[1:]`), None
+    leaves its cell empty."""
     table = Table(title=title)
     table.add_column(names[0])
-    table.add_column(names[1], justify="right")
+    for name in names[1:]:
+        table.add_column(name, justify="right")
     for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        values = value if isinstance(value, tuple) else (value,)
+        table.add_row(key, *("" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in values))
     return table

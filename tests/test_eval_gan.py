@@ -1,5 +1,6 @@
 """`segen eval` on generator checkpoints through the real CLI: tiny dcgan/cgan/cnn trained on
-shapes, FID/KID/IS with classifier features, the real-feature cache, the offline message,
+shapes, FID/KID/IS with classifier features beside the real images' floor and confident share,
+the real-feature cache, the offline message,
 `callbacks=fid` during training. No Inception weights are downloaded (a random file of the
 right format stands in for them in the one slow test that needs them)."""
 
@@ -75,6 +76,35 @@ def test_cgan_eval_with_classifier_features_reports_scores_and_the_protocol(cgan
     assert protocol["features"] == "classifier" and protocol["seed"] == 42 and len(protocol["weights_sha256"]) == 64
     assert protocol["kid"]["subset_size"] == 100 and protocol["real_features_cache"]["hit"] is False
     assert report["elapsed_s"] > 0 and "resize" in protocol
+    # Each score beside what real images get: the confident share and the FID/KID floor.
+    assert {"confident", "confident/real", "fid/floor", "kid/floor/mean", "kid/floor/std", "is/real/mean"} <= set(metrics)
+    assert 0 <= metrics["confident"] <= 1 and 0 <= metrics["confident/real"] <= 1 and metrics["fid/floor"] >= 0
+    assert protocol["confidence_threshold"] == 0.9 and protocol["floor"]["n_each"] == 100
+    assert "generated" in result.stdout and "real" in result.stdout and "confident" in result.stdout
+
+
+def test_the_real_column_is_computed_on_the_real_images_as_documented(cgan_eval, cgan_ckpt, cnn_ckpt):
+    """fid/floor: the Frechet distance between the classifier features of the two halves of the
+    200 real images of the generator's data (the formula itself is checked against scipy in
+    test_fid.py and test_realism.py); confident/real: their softmax maxima above 0.9, counted in numpy."""
+    import numpy as np
+
+    from segen.checkpoint import checkpoint_config, load_checkpoint
+    from segen.config import build
+    from segen.metrics.features import ClassifierFeatures, extract, slices
+    from segen.metrics.generative import real_halves, real_subset
+    from segen.metrics.scores import frechet_distance
+
+    _, _, report = cgan_eval
+    run_cfg, _ = checkpoint_config(load_checkpoint(cgan_ckpt))  # the real images are the generator's data
+    real = real_subset(build(run_cfg.data, "data").split_images("train"), 200)
+    features, logits = extract(ClassifierFeatures(cnn_ckpt), slices(real, 100))
+    a, b = real_halves(200)
+    assert report["metrics"]["fid/floor"] == pytest.approx(frechet_distance(features[a], features[b]), rel=1e-6)
+    logits = logits.double().numpy()
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert report["metrics"]["confident/real"] == pytest.approx(float((p.max(1) > 0.9).mean()), abs=1e-9)
 
 
 def test_a_second_eval_hits_the_real_feature_cache_and_gives_the_same_numbers(cgan_eval, tmp_path):

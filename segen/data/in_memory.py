@@ -128,8 +128,8 @@ def carve_validation(n: int, val_split: float | int, seed: int) -> tuple[torch.T
     n_val = int(round(val_split * n)) if isinstance(val_split, float) and val_split < 1 else int(val_split)
     if not 0 < n_val < n:
         raise DataError(
-            f"val_split={val_split} leaves no training or no validation images out of {n}; "
-            "use a fraction in (0, 1) or a count below the training set size"
+            f"data.val_split={val_split} leaves no training or no validation images out of the {n} training images; "
+            f"pass a count below {n} (e.g. data.val_split={max(1, n // 10)}) or a fraction (data.val_split=0.1)"
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values

@@ -3,7 +3,8 @@
 Every `every_n_epochs` epochs, `n_fake` images from the task's sampler (the EMA generator when
 there is one; the same noise every time) are scored against `n_real` training images, and the
 FID is logged as `val/fid`, so `model.monitor=val/fid model.monitor_mode=min` makes best.ckpt
-the checkpoint with the lowest FID. Off by default: even a small FID costs a feature pass over
+the checkpoint with the lowest FID. With classifier features and `confidence_threshold`, the
+share of those images the classifier is confident about is logged too, as `val/confident`. Off by default: even a small FID costs a feature pass over
 n_fake images, minutes with Inception on a CPU. With a few hundred images the number is biased
 upwards (FID shrinks as n grows); it ranks checkpoints of one run, it is not the paper number
 `segen eval` gives.
@@ -38,6 +39,7 @@ class FIDCallback(pl.Callback):
         batch_size: int = 250,
         cache_dir: str | None = None,
         seed: int = 0,
+        confidence_threshold: float | None = None,
     ):
         for name, value, least in (("every_n_epochs", every_n_epochs, 1), ("n_fake", n_fake, 2), ("n_real", n_real, 2), ("batch_size", batch_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -51,6 +53,10 @@ class FIDCallback(pl.Callback):
         self.every_n_epochs, self.n_fake, self.n_real, self.split = every_n_epochs, n_fake, n_real, split
         self.features, self.classifier_ckpt, self.antialias = features, classifier_ckpt, antialias
         self.batch_size, self.cache_dir, self.seed = batch_size, cache_dir, seed
+        if confidence_threshold is not None and not 0 <= confidence_threshold < 1:
+            raise ConfigError(f"callbacks.fid.confidence_threshold={confidence_threshold} must be a probability in [0, 1) or null")
+        # The confident share means something only for a classifier of the data's classes.
+        self.confidence_threshold = confidence_threshold if features == "classifier" else None
         # Missing Inception weights fail now, before training, not after the first N epochs.
         self.weights = feature_nets.inception_weights(inception_weights, download_weights) if features == "inception" else None
         self.net: FeatureNet | None = None
@@ -73,6 +79,8 @@ class FIDCallback(pl.Callback):
         self.net.to(pl_module.device)
         scores = score_generator(
             pl_module, self.net, self.real, self.n_fake, seed=self.seed, batch_size=self.batch_size,
-            fid=True, kid=False, device=pl_module.device,
+            fid=True, kid=False, device=pl_module.device, confidence_threshold=self.confidence_threshold,
         )
         pl_module.log("val/fid", scores["fid"], prog_bar=True)
+        if "confident" in scores:
+            pl_module.log("val/confident", scores["confident"])

@@ -7,6 +7,9 @@ Shared by `segen eval` (segen/evaluation/generator.py) and the `val/fid` trainin
 - Fake side: `n_fake` images from the task's sampler (the EMA generator when there is one,
   `GANTask.sample`), noise drawn from a generator seeded with `seed`; a cgan gets balanced
   labels `0, 1, ..., K-1, 0, 1, ...`. Generated batch by batch: only features are kept.
+- The floor: the same scores between two disjoint halves of the real set (a seed-0 split), so
+  a generator's FID reads against what real images of this size score against each other,
+  and its confident share against the classifier's on real images.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from segen.metrics.features import FeatureNet, extract
 from segen.metrics.scores import (
     class_consistency,
+    confident_share,
     frechet_distance,
     inception_score,
     kernel_distance,
@@ -23,6 +27,7 @@ from segen.metrics.scores import (
 from segen.viz import to_uint8
 
 REAL_SUBSET = "first n_real of a seed-0 permutation of the split"
+REAL_HALVES = "the real set split in two disjoint halves of n_real // 2 by a seed-0 permutation"
 IS_SPLITS = 10
 KID_SUBSETS = 100
 
@@ -33,6 +38,42 @@ def real_subset(images: torch.Tensor, n_real: int) -> torch.Tensor:
         return images
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
     return images[order[:n_real].sort().values]
+
+
+def real_halves(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint index sets of `n // 2` each, from a fixed (seed 0) permutation of 0..n-1."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    half = n // 2
+    return order[:half].sort().values, order[half : 2 * half].sort().values
+
+
+def score_real(
+    features: torch.Tensor,
+    logits: torch.Tensor | None = None,
+    seed: int = 0,
+    fid: bool = True,
+    kid: bool = True,
+    confidence_threshold: float | None = None,
+    inception: bool = False,
+) -> dict[str, float]:
+    """The real side's own scores: `fid/floor` and `kid/floor/{mean,std}` between the two halves
+    of `real_halves` (needs at least 4 images); with `logits`, `confident/real`, the confident
+    share on the real images (with `confidence_threshold`), and `is/real/{mean,std}`, their
+    Inception Score (with `inception`)."""
+    scores: dict[str, float] = {}
+    if fid or kid:
+        a, b = real_halves(len(features))
+        if len(a) < 2:
+            raise ValueError("the FID/KID floor needs at least 4 real images (two halves of 2)")
+        if fid:
+            scores["fid/floor"] = frechet_distance(features[a], features[b])
+        if kid:
+            scores["kid/floor/mean"], scores["kid/floor/std"] = kernel_distance(features[a], features[b], KID_SUBSETS, seed=seed)
+    if confidence_threshold is not None and logits is not None:
+        scores["confident/real"] = confident_share(logits, confidence_threshold)
+    if inception and logits is not None:
+        scores["is/real/mean"], scores["is/real/std"] = inception_score(logits, IS_SPLITS, seed=seed)
+    return scores
 
 
 def fake_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
@@ -61,11 +102,14 @@ def score_generator(
     consistency: bool = False,
     class_names: list[str] | None = None,
     device: torch.device | str = "cpu",
+    confidence_threshold: float | None = None,
 ) -> dict[str, float]:
     """Generate `n_fake` images and score them against `real` features.
 
-    Keys: `fid`, `kid/mean`, `kid/std`, `is/mean`, `is/std`, `class_consistency` and
-    `class_consistency/<class>` (cgan; needs `net` to be a classifier over the same classes).
+    Keys: `fid`, `kid/mean`, `kid/std`, `is/mean`, `is/std`, `confident` (the share of images
+    whose top class probability exceeds `confidence_threshold`; for a classifier `net`),
+    `class_consistency` and `class_consistency/<class>` (cgan; needs `net` to be a classifier
+    over the same classes).
     """
     labels = fake_labels(n_fake, task.num_classes)
     features, logits = extract(net, generated_batches(task, n_fake, seed, batch_size, labels), device)
@@ -74,6 +118,8 @@ def score_generator(
         scores["fid"] = frechet_distance(real, features)
     if kid:
         scores["kid/mean"], scores["kid/std"] = kernel_distance(real, features, KID_SUBSETS, seed=seed)
+    if confidence_threshold is not None:
+        scores["confident"] = confident_share(logits, confidence_threshold)
     if inception:
         scores["is/mean"], scores["is/std"] = inception_score(logits, IS_SPLITS, seed=seed)
     if consistency and labels is not None:

@@ -1,4 +1,4 @@
-"""FID, KID, IS and class consistency from features that were extracted once.
+"""FID, KID, IS, class consistency and the confident share from features extracted once.
 
 The formulas are torchmetrics' own (`FrechetInceptionDistance`, `KernelInceptionDistance`,
 `InceptionScore`, `MulticlassAccuracy`). Each metric is given a pass-through "feature extractor"
@@ -91,3 +91,12 @@ def class_consistency(logits: torch.Tensor, labels: torch.Tensor, num_classes: i
     overall.update(logits, labels)
     per_class.update(logits, labels)
     return float(overall.compute()), [float(v) for v in per_class.compute()]
+
+
+def confident_share(logits: torch.Tensor, threshold: float) -> float:
+    """The share of images whose most likely class has softmax probability above `threshold`:
+    how often a classifier of the data would commit to one class for them."""
+    if len(logits) == 0:
+        raise ValueError("the confident share needs at least one image")
+    top = torch.softmax(logits.double(), dim=1).amax(dim=1)
+    return float((top > threshold).double().mean())

@@ -27,11 +27,12 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Table:
-    """Rows of a table `segen eval` prints: `{row name: value}` under two column names."""
+    """Rows of a table `segen eval` prints: `{row name: value}` under two column names, or
+    `{row name: (value, value, ...)}` under one more column name per value (None: empty)."""
 
     title: str
     rows: dict[str, Any]
-    columns: tuple[str, str] = ("metric", "value")
+    columns: tuple[str, ...] = ("metric", "value")
 
 
 @dataclass
