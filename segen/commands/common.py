@@ -100,14 +100,6 @@ _LIGHTNING_NOISE = (
 
 def quiet_lightning() -> None:
     """Drop Lightning messages that say nothing about this run, so the ones that do stand out."""
-    import logging
-    import warnings
+    from segen.console import drop_lightning_lines
 
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not any(text in record.getMessage() for text in _LIGHTNING_NOISE)
-
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_Drop())
-    for text in _LIGHTNING_NOISE:
-        warnings.filterwarnings("ignore", message=f".*{text}.*")
+    drop_lightning_lines(*_LIGHTNING_NOISE)
