@@ -33,6 +33,7 @@ from segen.errors import ConfigError, DataError
 TRAIN_CLASSES = sorted((c for c in Cityscapes.classes if 0 <= c.train_id < IGNORE_INDEX), key=lambda c: c.train_id)
 CLASS_NAMES = tuple(c.name for c in TRAIN_CLASSES)
 PALETTE = torch.tensor([c.color for c in TRAIN_CLASSES], dtype=torch.uint8)
+MAX_LABEL_ID = max(c.id for c in Cityscapes.classes)  # 33; license plate's -1 never appears in a PNG
 
 
 def label_to_train_lut() -> np.ndarray:
@@ -70,6 +71,17 @@ def cityscapes_name(path: Path) -> str:
     """`<city>_<seq>_<frame>` from any Cityscapes file name (else the file's stem)."""
     match = re.match(r"^([a-z_]+_\d{6}_\d{6})", path.name)
     return match.group(1) if match else path.stem
+
+
+def photo_name(path: Path) -> str:
+    """A generated photo's name for a label file: `<city>_<seq>_<frame>_leftImg8bit`, as
+    cityscapesScripts names photos (from `..._gtFine_labelIds.png` or segen's `..._pred.png`)."""
+    return f"{cityscapes_name(path)}_leftImg8bit"
+
+
+def is_label_file(path: Path) -> bool:
+    """Label-id maps: `*_gtFine_labelIds.png` (not `_color`/`_instanceIds`) or segen's `*_pred.png`."""
+    return path.name.endswith(("_labelIds.png", "_pred.png"))
 
 
 def missing_message(root: Path, split: str) -> str:
@@ -115,6 +127,9 @@ class CityscapesDataModule(PairedSegmentationDataModule):
     from_label_ids = staticmethod(from_label_ids)
     to_label_ids = staticmethod(to_label_ids)
     output_name = staticmethod(cityscapes_name)
+    photo_name = staticmethod(photo_name)
+    is_label_file = staticmethod(is_label_file)
+    max_label_id = MAX_LABEL_ID  # labelIds PNGs hold 0..33
     test_splits = ("train", "val", "test")
 
     def __init__(self, data_dir: str, image_size: Sequence[int] = (128, 256), cities: Sequence[str] | None = None, test_split: str = "val", **kwargs):

@@ -22,6 +22,16 @@ def file_stem(path: Path) -> str:
     return Path(path).stem
 
 
+PREDICTION_SUFFIX = "_pred"  # what `segen sample format=labelids` appends to a label-id PNG's name
+
+
+def photo_stem(path: Path) -> str:
+    """The default name of a photo generated from a label file: its stem, without the `_pred`
+    that `segen sample format=labelids` adds (so a round trip gets the photo's own name back)."""
+    stem = Path(path).stem
+    return stem[: -len(PREDICTION_SUFFIX)] if stem.endswith(PREDICTION_SUFFIX) else stem
+
+
 @dataclass(frozen=True)
 class DataInfo:
     """A dataset's shape, classes and conventions.
@@ -44,6 +54,13 @@ class DataInfo:
     to_label_ids: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
     from_label_ids: Callable[[np.ndarray], np.ndarray] | None = field(default=None, compare=False)
     scoring_resolution: str | None = None  # how masks are scored, when it is a choice of the data
+    # The largest label id the dataset's own label files hold (None: they hold train ids, so
+    # 0..num_mask_classes-1 and ignore_index), and the name of a photo generated from a label file.
+    max_label_id: int | None = None
+    photo_name: Callable[[Path], str] = field(default=photo_stem, compare=False)
+    # Which files of a folder of annotations are label-id maps (Cityscapes' gtFine folders also
+    # hold colour and instance PNGs); None: every image file.
+    is_label_file: Callable[[Path], bool] | None = field(default=None, compare=False)
 
     @property
     def targets(self) -> frozenset[str]:
@@ -90,3 +107,10 @@ class DataInfo:
     def train_ids(self, label_ids: np.ndarray) -> np.ndarray:
         """The dataset's own label ids -> train ids (255 = void)."""
         return self.from_label_ids(label_ids) if self.from_label_ids is not None else label_ids
+
+    def unknown_label_ids(self, label_ids: np.ndarray) -> list[int]:
+        """The values of a label map (in the dataset's own ids) that are not ids of this dataset."""
+        present = np.unique(label_ids)
+        if self.max_label_id is not None:
+            return [int(v) for v in present if v > self.max_label_id]
+        return [int(v) for v in present if v >= self.num_mask_classes and v != self.ignore_index]

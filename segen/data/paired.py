@@ -40,7 +40,7 @@ from segen.data.in_memory import (
     median_frequency_weights,
     random_hflip,
 )
-from segen.data.info import DataInfo
+from segen.data.info import DataInfo, photo_stem
 from segen.errors import ConfigError, DataError
 from segen.io import atomic_write
 
@@ -220,6 +220,13 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         """The name of the outputs predicted for the input file `path`."""
         return path.stem
 
+    is_label_file: Callable[[Path], bool] | None = None  # label-id maps among a folder's files (None: all)
+
+    @staticmethod
+    def photo_name(path: Path) -> str:
+        """The name of a photo generated (pix2pix) from the label file `path`."""
+        return photo_stem(path)
+
     # -- derived -----------------------------------------------------------------------------
     @property
     def info(self) -> DataInfo:
@@ -232,6 +239,9 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
             to_label_ids=self.to_label_ids,
             from_label_ids=self.from_label_ids,
             scoring_resolution=self.scoring_resolution(),
+            max_label_id=self.max_label_id,
+            photo_name=self.photo_name,
+            is_label_file=self.is_label_file,
         )
 
     def examples(self, split: str, count: int) -> list[Example]:

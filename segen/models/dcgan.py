@@ -60,11 +60,14 @@ def up_block(in_ch: int, out_ch: int, norm: Norm = nn.BatchNorm2d, kernel: int =
 D_NORMS = ("batch", "spectral")
 
 
-def down_block(in_ch: int, out_ch: int, batchnorm: bool = True) -> list[nn.Module]:
-    """Stride-2 conv (halves the size) -> (BatchNorm) -> LeakyReLU(0.2)."""
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=not batchnorm)]
+def down_block(in_ch: int, out_ch: int, batchnorm: bool = True, stride: int = 2, norm: Norm = nn.BatchNorm2d) -> list[nn.Module]:
+    """4x4 conv (stride 2 halves the size) -> (norm, BatchNorm unless another is given) -> LeakyReLU(0.2).
+
+    pix2pix's encoder and PatchGAN reuse it, with instance norm or stride 1 (segen/models/pix2pix.py).
+    """
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, 4, stride, 1, bias=not batchnorm)]
     if batchnorm:
-        layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(norm(out_ch))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
     return layers
 

@@ -77,7 +77,8 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(Up(widths[i + 1], widths[i], bilinear, batchnorm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The contracting path's outputs, full size first, the bottleneck last."""
         h, w = x.shape[-2:]
         multiple = 2**self.depth
         pad_h, pad_w = -h % multiple, -w % multiple
@@ -88,6 +89,16 @@ class UNet(nn.Module):
         skips = [self.stem(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
+        return skips
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck, average-pooled: `(N, base_width * 2**depth)`, what the net "sees" in
+        the whole image (FID in a segmenter's own feature space, segen/metrics/features.py)."""
+        return self.encode(x)[-1].mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        skips = self.encode(x)
         x = self.bottleneck_dropout(skips.pop())
         for up in self.up:
             x = up(x, skips.pop())

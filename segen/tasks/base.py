@@ -55,6 +55,9 @@ class Task(pl.LightningModule):
       generators).
     - `test_after_fit`: whether `segen train test=true` ends with a test pass.
     - `generates`: whether `sample(noise, labels)` draws images (FID callback, `segen sample`).
+    - `segments`: whether `predict_masks(images, datamodule)` and `mask_features(images,
+      datamodule)` segment uint8 images (a segmenter that can judge generated images: the
+      FCN-score of `segen eval` for pix2pix).
     """
 
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -62,6 +65,7 @@ class Task(pl.LightningModule):
     image_range: ClassVar[str] = "standardized"
     test_after_fit: ClassVar[bool] = True
     generates: ClassVar[bool] = False
+    segments: ClassVar[bool] = False
 
     # -- before any work: data compatibility and the data's form -------------------------------------
     @classmethod

@@ -34,7 +34,7 @@ from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
 from segen.viz import save_grid, to_uint8
 
-LOSSES = ("bce", "hinge")
+LOSSES = ("bce", "hinge", "lsgan")
 GRID_COLUMNS = 8
 
 
@@ -42,6 +42,8 @@ def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tor
     """D's loss on real and fake logits; summed over both halves (as in pytorch/examples/dcgan)."""
     if kind == "hinge":  # Lim & Ye 2017; used by SNGAN and BigGAN
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    if kind == "lsgan":  # Mao et al. 2017: least squares to the targets 1 (real) and 0 (fake)
+        return (real - 1).pow(2).mean() + fake.pow(2).mean()
     # BCE written with softplus: -log sigmoid(r) - log(1 - sigmoid(f)), stable for any logit.
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
@@ -50,7 +52,29 @@ def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     """G's loss; "bce" is the non-saturating -log D(G(z)) of Goodfellow et al. 2014, sec. 3."""
     if kind == "hinge":
         return -fake.mean()
+    if kind == "lsgan":
+        return (fake - 1).pow(2).mean()
     return F.softplus(-fake).mean()
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, live: nn.Module, decay: float, updates: torch.Tensor) -> None:
+    """One step of an exponential moving average of `live`'s weights into `average`.
+
+    Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates=...): early on, the
+    average follows fast instead of dragging the random initial weights along. `updates` is a
+    counter buffer of the task (saved in checkpoints, so a resumed run continues the warm-up).
+    """
+    updates += 1
+    n = float(updates)
+    decay = min(decay, (1 + n) / (10 + n))
+    for ema, weight in zip(average.parameters(), live.parameters(), strict=True):
+        ema.lerp_(weight, 1 - decay)
+    for ema, buffer in zip(average.buffers(), live.buffers(), strict=True):
+        if ema.is_floating_point():  # BatchNorm running statistics
+            ema.lerp_(buffer, 1 - decay)
+        else:  # counters
+            ema.copy_(buffer)
 
 
 class GANTask(Task):
@@ -186,20 +210,8 @@ class GANTask(Task):
         # Returned (detached by Lightning) only so that segen's NaN guard sees it.
         return d_loss
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
-        # Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates=...): early on, the
-        # average follows fast instead of dragging the random initial weights along.
-        self.ema_updates += 1
-        n = float(self.ema_updates)
-        decay = min(self.ema_decay, (1 + n) / (10 + n))
-        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
-            ema.lerp_(live, 1 - decay)
-        for ema, live in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            if ema.is_floating_point():  # BatchNorm running statistics
-                ema.lerp_(live, 1 - decay)
-            else:  # counters
-                ema.copy_(live)
+        update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
 
     def configure_optimizers(self):
         return [self.optimizer_g(params=self.generator.parameters()), self.optimizer_d(params=self.discriminator.parameters())]

@@ -64,6 +64,7 @@ class SegmentationTask(SupervisedTask):
 
     needs = frozenset({"masks"})
     batch_target = "masks"
+    segments = True
 
     def __init__(
         self,
@@ -149,6 +150,27 @@ class SegmentationTask(SupervisedTask):
         self.log("test/miou", scores["miou"].float())
         self.log("test/pixel_acc", scores["pixel_acc"].float())
         self.log_dict({f"test/iou/{names[i]}": v.float() for i, v in enumerate(scores["iou"])})
+
+    @torch.no_grad()
+    def predict_masks(self, images: torch.Tensor, datamodule, batch_size: int = 32) -> torch.Tensor:
+        """uint8 images `(N, C, H, W)` -> predicted train ids `(N, H, W)` at the images' size (they
+        are resized to the training size and standardized as in training; the contract's
+        `segments`)."""
+        from segen.outputs.masks import predict
+
+        out = [predict(self, datamodule, images[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, *images.shape[-2:], dtype=torch.long)
+
+    @torch.no_grad()
+    def mask_features(self, images: torch.Tensor, datamodule) -> torch.Tensor:
+        """uint8 images -> the net's pooled features `(N, d)` (its `features`), for FID in the
+        segmenter's own feature space."""
+        self.eval()
+        x = datamodule.normalize(images.to(self.device))
+        size = datamodule.info.image_size
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return self.net.features(x).float().cpu()
 
     @staticmethod
     def output_class_names(info) -> tuple[str, ...]:
