@@ -51,7 +51,7 @@ def test_version(segen):
     "args,expected",
     [
         (["bogus"], "unknown command 'bogus'; choose one of: train, sample, eval"),
-        (["train", "model=foo"], "unknown model 'foo'; choose one of: cgan, cnn, dcgan, unet"),
+        (["train", "model=foo"], "unknown model 'foo'; choose one of: cgan, cnn, dcgan, pix2pix, unet"),
         (["train", "-m", "data=shapes,nope"], "unknown data 'nope'; choose one of:"),
         (["train", "trainer=tpu"], "unknown trainer 'tpu'; choose one of: cpu, ddp, ddp_cpu, default, gpu"),
         (["train", "trainer.nonsense=1"], "unknown config key 'trainer.nonsense'"),

@@ -90,7 +90,7 @@ def test_sweep_over_model_choices_runs_every_job(segen, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["-m", "model=choice(cnn,foo)"], "unknown model 'foo'; choose one of: cgan, cnn, dcgan, unet"),
+        (["-m", "model=choice(cnn,foo)"], "unknown model 'foo'; choose one of: cgan, cnn, dcgan, pix2pix, unet"),
         (["-m", "model=cnn,foo"], "unknown model 'foo'"),
         (["model=cnn", "-m", "debug=smoke"], "unrecognized arguments: debug=smoke; write Hydra flags (-m, --cfg job) before the overrides"),
         (["model=choice(cnn"], "cannot read the override 'model=choice(cnn'"),

@@ -241,3 +241,13 @@ def test_cityscapes_train_eval_and_label_files_to_leftimg8bit(tmp_path, runs):
     wrong = run_segen("eval", f"ckpt={p2p_ckpt}", f"eval.segmenter_ckpt={runs['unet']}", cwd=tmp_path)
     assert wrong.returncode == 2 and "\n" not in wrong.stderr.strip()
     assert "segments 5 classes of shapes" in wrong.stderr and "trained on cityscapes" in wrong.stderr
+
+
+def test_export_takes_label_maps_and_matches_pytorch(runs, tmp_path):
+    out = tmp_path / "p2p.onnx"
+    result = run_segen("export", f"ckpt={runs['pix2pix']}", "format=onnx", f"out={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max abs diff" in result.stdout and out.is_file()
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["task"] == "translation" and sidecar["input"]["shape"] == ["batch", 32, 32]
+    assert sidecar["mask_class_names"][0] == "background"

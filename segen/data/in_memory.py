@@ -210,6 +210,18 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             raise DataError(f"data={self.name} has no {split} split; use train, val or test")
         return self.splits[split].images
 
+    def split_masks(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images `(N, C, H, W)` and their train-id masks `(N, H, W)` of a split, both at the
+        data's `image_size` (what pix2pix translates and is scored on)."""
+        if "masks" not in self.targets:
+            raise DataError(f"data={self.name} has no masks")
+        if self.target != "masks":
+            raise DataError(f"data={self.name} serves labels here; call use_target('masks') before setup")
+        self.setup("test")
+        if split not in self.splits:
+            raise DataError(f"data={self.name} has no {split} split; use train, val or test")
+        return self.splits[split].images, self.splits[split].targets
+
     def class_pixel_weights(self) -> torch.Tensor:
         """Median-frequency class weights `(K,)` of the training split's masks (SegNet's class
         balancing; `model.class_weights=median_frequency`)."""

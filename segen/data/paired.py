@@ -317,6 +317,14 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         dataset = FullResLabelDataset(self.splits[self.eval_split].images, [lbl for _, lbl in self._pairs(self.eval_split)], self.from_label_ids)
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=already_batched)
 
+    def split_masks(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Photos and train-id masks of a split at `image_size` (the cache), whatever
+        `eval_resolution` says; `test` is `test_split`."""
+        if split not in ("train", "val", "test"):
+            raise DataError(f"data={self.name} has no {split} split; use train, val or test")
+        cached = self.load_cached(self.test_split if split == "test" else split)
+        return cached["images"], cached["masks"]
+
     def class_pixel_weights(self) -> torch.Tensor:
         """Median-frequency class weights `(K,)` of the training split at `image_size` (see
         `median_frequency_weights`), computed once and cached next to the training split."""

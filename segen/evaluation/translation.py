@@ -120,12 +120,7 @@ def image_similarity(fake: torch.Tensor, real: torch.Tensor, batch_size: int) ->
 def split_pairs(datamodule, split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 photos `(N, C, H, W)` and train-id label maps `(N, H, W)` of a split, at the data's size."""
     datamodule.prepare_data()
-    datamodule.setup("test")
-    dataset = datamodule.splits[split]
-    masks = getattr(dataset, "targets", None)
-    if masks is None or masks.shape[-2:] != dataset.images.shape[-2:]:
-        raise ConfigError("pix2pix is scored at the data's own resolution; drop data.eval_resolution=original")
-    images = dataset.images
+    images, masks = datamodule.split_masks(split)
     return (images[:limit], masks[:limit]) if limit else (images, masks)
 
 
@@ -151,7 +146,6 @@ def evaluate_translation(task, cfg: DictConfig, datamodule, model: str, data: st
     h, w = info.image_size
     protocol: dict = {
         "split": split,
-        "split_files": f"data.test_split={datamodule.test_split}" if split == "test" and hasattr(datamodule, "test_split") else split,
         "n": n,
         "resolution": f"{h}x{w}",
         "seed": cfg.seed,

@@ -187,7 +187,8 @@ class Pix2PixTask(Task):
         return torch.cat(out) if out else torch.empty(0, net.channels, net.height, net.width)
 
     def write_grid(self, path: Path) -> Path:
-        """label | generated | real for the first validation examples (the same every epoch)."""
+        """label | generated | real for validation examples spread evenly over the split (so a
+        video's consecutive frames do not fill the grid), the same every epoch."""
         from torchvision.utils import make_grid
 
         from segen.outputs.translations import grid_rows, save_translation_grid
@@ -195,7 +196,9 @@ class Pix2PixTask(Task):
 
         dm = self.trainer.datamodule
         if self._grid is None:
-            examples = dm.examples("val", self.grid_examples)
+            dm.setup("fit")
+            examples = dm.examples("val", len(dm.splits["val"]))
+            examples = examples[:: max(1, len(examples) // self.grid_examples)][: self.grid_examples]
             self._grid = (torch.stack([e.mask for e in examples]).long(), torch.stack([e.image for e in examples]))
         masks, real = self._grid
         fake = to_uint8(self.translate(masks, seed=0))
