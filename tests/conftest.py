@@ -93,15 +93,103 @@ HELPERS = Path(__file__).parent / "helpers"
 
 
 def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (as a user would), with no network and a quiet terminal.
-    `inject=True` puts tests/helpers on the path for fault-injection callbacks."""
+    """Run the real CLI in a separate process (as a user would), with no network and a quiet terminal.
+    `inject=True` puts tests/helpers on the path for fault-injection callbacks. The process is
+    forked from tests/segen_server.py, which has torch, Lightning and Hydra imported already,
+    unless the environment would change what gets imported (then: a plain subprocess)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "SEGEN_DATA_DIR": os.environ.get("SEGEN_DATA_DIR", "/nonexistent-segen-data")}
     if inject:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
+    server = _fork_server(env, inject)
+    if server is not None:
+        return server.run(list(args), cwd=cwd, env=env, timeout=timeout, extra_path=[str(HELPERS)] if inject else [])
     return subprocess.run(
         [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
         preexec_fn=_interactive_signals,
     )
+
+
+class _ForkServer:
+    """Client of tests/segen_server.py: one server per test session, started on first use."""
+
+    # Variables read while torch/Lightning/Hydra import: a run that sets them differently from
+    # the server's start needs a process of its own.
+    IMPORT_TIME = ("PYTHONPATH", "PYTHONHOME", "PYTHONWARNINGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "LD_LIBRARY_PATH")
+
+    def __init__(self, env: dict[str, str]):
+        import atexit
+        import tempfile
+
+        self.env = env
+        self.folder = Path(tempfile.mkdtemp(prefix="segen-fork-"))
+        self.path = str(self.folder / "sock")
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "segen_server.py"), self.path], cwd=self.folder, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )
+        atexit.register(self.close)
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the segen fork server did not start (exit code {self.process.wait()})")
+
+    def matches(self, env: dict[str, str], inject: bool) -> bool:
+        def key(name):
+            value = env.get(name)
+            if inject and name == "PYTHONPATH":  # HELPERS was prepended: the server adds it to sys.path
+                value = os.pathsep.join(value.split(os.pathsep)[1:]) or None
+            return value
+
+        return self.process.poll() is None and all(key(n) == self.env.get(n) for n in self.IMPORT_TIME)
+
+    def run(self, args: list[str], cwd, env, timeout, extra_path) -> subprocess.CompletedProcess:
+        import json
+        import socket
+        import tempfile
+
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
+            request = {"args": args, "cwd": str(Path(cwd or os.getcwd()).absolute()), "env": env, "extra_path": extra_path}
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.path)
+                socket.send_fds(conn, [json.dumps(request).encode()], [null.fileno(), out.fileno(), err.fileno()])
+                conn.settimeout(timeout)
+                reply, pid = b"", None
+                try:
+                    while reply.count(b"\n") < 2:
+                        chunk = conn.recv(64)
+                        if not chunk:
+                            raise RuntimeError("the segen fork server closed the connection")
+                        reply += chunk
+                        if pid is None and b"\n" in reply:
+                            pid = int(reply.split(b"\n")[0])
+                except TimeoutError:
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                    out.seek(0), err.seek(0)
+                    raise subprocess.TimeoutExpired(["segen", *args], timeout, out.read(), err.read()) from None
+            status = int(reply.split(b"\n")[1])
+            out.seek(0), err.seek(0)
+            # as subprocess.run(text=True) reads them: locale encoding, universal newlines
+            stdout, stderr = (f.read().decode().replace("\r\n", "\n").replace("\r", "\n") for f in (out, err))
+        return subprocess.CompletedProcess(["segen", *args], os.waitstatus_to_exitcode(status), stdout, stderr)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_SERVER: list[_ForkServer] = []
+_SESSION_ENV = dict(os.environ)
+
+
+def _fork_server(env: dict[str, str], inject: bool) -> _ForkServer | None:
+    if os.environ.get("SEGEN_TEST_FORKSERVER", "1") == "0":
+        return None
+    if not _SERVER:  # started with the session's environment, whatever this test has patched
+        _SERVER.append(_ForkServer({**_SESSION_ENV, "PYTHONUNBUFFERED": "1"}))
+    return _SERVER[0] if _SERVER[0].matches(env, inject) else None
 
 
 def _interactive_signals() -> None:
