@@ -91,6 +91,18 @@ def cifar10_root(tmp_path_factory) -> Path:
 
 HELPERS = Path(__file__).parent / "helpers"
 
+# A cgan trained for two steps on shapes: enough for `segen eval` and `segen sample` to read.
+TINY_GAN = ("debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8")
+
+
+@pytest.fixture(scope="session")
+def tiny_cgan_ckpt(tmp_path_factory) -> Path:
+    """One tiny cgan checkpoint shared by test_eval_gan and test_sample; tests only read it."""
+    root = tmp_path_factory.mktemp("tiny_cgan")
+    result = run_segen("train", "model=cgan", "data=shapes", *TINY_GAN, f"hydra.run.dir={root}/run", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"
+
 
 def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
     """Run the real CLI in a separate process (as a user would), with no network and a quiet terminal.
@@ -112,9 +124,11 @@ def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: b
 class _ForkServer:
     """Client of tests/segen_server.py: one server per test session, started on first use."""
 
-    # Variables read while torch/Lightning/Hydra import: a run that sets them differently from
-    # the server's start needs a process of its own.
-    IMPORT_TIME = ("PYTHONPATH", "PYTHONHOME", "PYTHONWARNINGS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LD_PRELOAD", "LD_LIBRARY_PATH")
+    # Variables that may be read while torch/Lightning/Hydra import (torch._inductor.config reads
+    # TORCHINDUCTOR_* then, for one): a run that sets any of them differently from the server's
+    # start needs a process of its own. TORCH_HOME is read when weights are looked up.
+    IMPORT_TIME = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "NCCL", "HYDRA", "PL_", "LIGHTNING")
+    RUN_TIME = ("TORCH_HOME",)
 
     def __init__(self, env: dict[str, str]):
         import atexit
@@ -132,13 +146,14 @@ class _ForkServer:
             raise RuntimeError(f"the segen fork server did not start (exit code {self.process.wait()})")
 
     def matches(self, env: dict[str, str], inject: bool) -> bool:
-        def key(name):
-            value = env.get(name)
+        def value(name):
+            text = env.get(name)
             if inject and name == "PYTHONPATH":  # HELPERS was prepended: the server adds it to sys.path
-                value = os.pathsep.join(value.split(os.pathsep)[1:]) or None
-            return value
+                text = os.pathsep.join(text.split(os.pathsep)[1:]) or None
+            return text
 
-        return self.process.poll() is None and all(key(n) == self.env.get(n) for n in self.IMPORT_TIME)
+        names = {n for n in (*env, *self.env) if n.startswith(self.IMPORT_TIME) and n not in self.RUN_TIME}
+        return self.process.poll() is None and all(value(n) == self.env.get(n) for n in names)
 
     def run(self, args: list[str], cwd, env, timeout, extra_path) -> subprocess.CompletedProcess:
         import json
