@@ -104,6 +104,18 @@ def tiny_cgan_ckpt(tmp_path_factory) -> Path:
     return root / "run" / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="session")
+def straight_tiny_cnn(tmp_path_factory) -> Path:
+    """test_resilience's TINY cnn run, uninterrupted: what the runs killed and resumed in
+    test_resilience and test_last_checkpoint are compared with. Tests only read it."""
+    from test_resilience import TINY
+
+    root = tmp_path_factory.mktemp("straight_tiny_cnn")
+    result = run_segen("train", *TINY, f"hydra.run.dir={root}/straight", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "straight"
+
+
 def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
     """Run the real CLI in a separate process (as a user would), with no network and a quiet terminal.
     `inject=True` puts tests/helpers on the path for fault-injection callbacks. The process is
@@ -113,6 +125,7 @@ def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: b
     if inject:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
     server = _fork_server(env, inject)
+    RUNS["forked" if server is not None else "subprocess"] += 1
     if server is not None:
         return server.run(list(args), cwd=cwd, env=env, timeout=timeout, extra_path=[str(HELPERS)] if inject else [])
     return subprocess.run(
@@ -125,13 +138,15 @@ class _ForkServer:
     """Client of tests/segen_server.py: one server per test session, started on first use."""
 
     # Variables that may be read while torch/Lightning/Hydra import (torch._inductor.config reads
-    # TORCHINDUCTOR_* then, for one): a run that sets any of them differently from the server's
-    # start needs a process of its own. TORCH_HOME is read when weights are looked up.
-    IMPORT_TIME = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "NCCL", "HYDRA", "PL_", "LIGHTNING")
+    # TORCHINDUCTOR_* then, for one): a run that sets any of them differently from the server
+    # needs a process of its own. TORCH_HOME is read when weights are looked up. (Lightning reads
+    # PL_* when it runs; seed_everything in this process sets PL_GLOBAL_SEED.)
+    IMPORT_TIME = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "NCCL", "HYDRA")
     RUN_TIME = ("TORCH_HOME",)
 
     def __init__(self, env: dict[str, str]):
         import atexit
+        import json
         import tempfile
 
         self.env = env
@@ -142,8 +157,10 @@ class _ForkServer:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
         )
         atexit.register(self.close)
-        if self.process.stdout.readline().strip() != "ready":
+        word, _, environ = self.process.stdout.readline().partition(" ")
+        if word != "ready":
             raise RuntimeError(f"the segen fork server did not start (exit code {self.process.wait()})")
+        self.imported_env = json.loads(environ)  # after its imports, which set a few variables themselves
 
     def matches(self, env: dict[str, str], inject: bool) -> bool:
         def value(name):
@@ -152,8 +169,11 @@ class _ForkServer:
                 text = os.pathsep.join(text.split(os.pathsep)[1:]) or None
             return text
 
+        # Equal to what the server started with, or to what its imports set (as this process's
+        # own imports of torch did): a fresh process would import under the same settings.
         names = {n for n in (*env, *self.env) if n.startswith(self.IMPORT_TIME) and n not in self.RUN_TIME}
-        return self.process.poll() is None and all(value(n) == self.env.get(n) for n in names)
+        same = all(value(n) in (self.env.get(n), self.imported_env.get(n)) for n in names)
+        return same and self.process.poll() is None
 
     def run(self, args: list[str], cwd, env, timeout, extra_path) -> subprocess.CompletedProcess:
         import json
@@ -196,6 +216,12 @@ class _ForkServer:
 
 
 _SERVER: list[_ForkServer] = []
+RUNS = {"forked": 0, "subprocess": 0}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if any(RUNS.values()):  # a run that silently stopped forking would take minutes longer
+        terminalreporter.write_line(f"segen CLI runs: {RUNS['forked']} forked from tests/segen_server.py, {RUNS['subprocess']} plain subprocesses")
 _SESSION_ENV = dict(os.environ)
 
 
