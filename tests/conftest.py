@@ -91,17 +91,146 @@ def cifar10_root(tmp_path_factory) -> Path:
 
 HELPERS = Path(__file__).parent / "helpers"
 
+# A cgan trained for two steps on shapes: enough for `segen eval` and `segen sample` to read.
+TINY_GAN = ("debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8")
+
+
+@pytest.fixture(scope="session")
+def tiny_cgan_ckpt(tmp_path_factory) -> Path:
+    """One tiny cgan checkpoint shared by test_eval_gan and test_sample; tests only read it."""
+    root = tmp_path_factory.mktemp("tiny_cgan")
+    result = run_segen("train", "model=cgan", "data=shapes", *TINY_GAN, f"hydra.run.dir={root}/run", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def straight_tiny_cnn(tmp_path_factory) -> Path:
+    """test_resilience's TINY cnn run, uninterrupted: what the runs killed and resumed in
+    test_resilience and test_last_checkpoint are compared with. Tests only read it."""
+    from test_resilience import TINY
+
+    root = tmp_path_factory.mktemp("straight_tiny_cnn")
+    result = run_segen("train", *TINY, f"hydra.run.dir={root}/straight", cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "straight"
+
 
 def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (as a user would), with no network and a quiet terminal.
-    `inject=True` puts tests/helpers on the path for fault-injection callbacks."""
+    """Run the real CLI in a separate process (as a user would), with no network and a quiet terminal.
+    `inject=True` puts tests/helpers on the path for fault-injection callbacks. The process is
+    forked from tests/segen_server.py, which has torch, Lightning and Hydra imported already,
+    unless the environment would change what gets imported (then: a plain subprocess)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120", "SEGEN_DATA_DIR": os.environ.get("SEGEN_DATA_DIR", "/nonexistent-segen-data")}
     if inject:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS), env.get("PYTHONPATH")]))
+    server = _fork_server(env, inject)
+    RUNS["forked" if server is not None else "subprocess"] += 1
+    if server is not None:
+        return server.run(list(args), cwd=cwd, env=env, timeout=timeout, extra_path=[str(HELPERS)] if inject else [])
     return subprocess.run(
         [sys.executable, "-m", "segen.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
         preexec_fn=_interactive_signals,
     )
+
+
+class _ForkServer:
+    """Client of tests/segen_server.py: one server per test session, started on first use."""
+
+    # Variables that may be read while torch/Lightning/Hydra import (torch._inductor.config reads
+    # TORCHINDUCTOR_* then, for one): a run that sets any of them differently from the server
+    # needs a process of its own. TORCH_HOME is read when weights are looked up. (Lightning reads
+    # PL_* when it runs; seed_everything in this process sets PL_GLOBAL_SEED.)
+    IMPORT_TIME = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "NCCL", "HYDRA")
+    RUN_TIME = ("TORCH_HOME",)
+
+    def __init__(self, env: dict[str, str]):
+        import atexit
+        import json
+        import tempfile
+
+        self.env = env
+        self.folder = Path(tempfile.mkdtemp(prefix="segen-fork-"))
+        self.path = str(self.folder / "sock")
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "segen_server.py"), self.path], cwd=self.folder, env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+        )
+        atexit.register(self.close)
+        word, _, environ = self.process.stdout.readline().partition(" ")
+        if word != "ready":
+            raise RuntimeError(f"the segen fork server did not start (exit code {self.process.wait()})")
+        self.imported_env = json.loads(environ)  # after its imports, which set a few variables themselves
+
+    def matches(self, env: dict[str, str], inject: bool) -> bool:
+        def value(name):
+            text = env.get(name)
+            if inject and name == "PYTHONPATH":  # HELPERS was prepended: the server adds it to sys.path
+                text = os.pathsep.join(text.split(os.pathsep)[1:]) or None
+            return text
+
+        # Equal to what the server started with, or to what its imports set (as this process's
+        # own imports of torch did): a fresh process would import under the same settings.
+        names = {n for n in (*env, *self.env) if n.startswith(self.IMPORT_TIME) and n not in self.RUN_TIME}
+        same = all(value(n) in (self.env.get(n), self.imported_env.get(n)) for n in names)
+        return same and self.process.poll() is None
+
+    def run(self, args: list[str], cwd, env, timeout, extra_path) -> subprocess.CompletedProcess:
+        import json
+        import socket
+        import tempfile
+
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
+            request = {"args": args, "cwd": str(Path(cwd or os.getcwd()).absolute()), "env": env, "extra_path": extra_path}
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.connect(self.path)
+                socket.send_fds(conn, [json.dumps(request).encode()], [null.fileno(), out.fileno(), err.fileno()])
+                conn.settimeout(timeout)
+                reply, pid = b"", None
+                try:
+                    while reply.count(b"\n") < 2:
+                        chunk = conn.recv(64)
+                        if not chunk:
+                            raise RuntimeError("the segen fork server closed the connection")
+                        reply += chunk
+                        if pid is None and b"\n" in reply:
+                            pid = int(reply.split(b"\n")[0])
+                except TimeoutError:
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                    out.seek(0), err.seek(0)
+                    raise subprocess.TimeoutExpired(["segen", *args], timeout, out.read(), err.read()) from None
+            status = int(reply.split(b"\n")[1])
+            out.seek(0), err.seek(0)
+            # as subprocess.run(text=True) reads them: locale encoding, universal newlines
+            stdout, stderr = (f.read().decode().replace("\r\n", "\n").replace("\r", "\n") for f in (out, err))
+        return subprocess.CompletedProcess(["segen", *args], os.waitstatus_to_exitcode(status), stdout, stderr)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_SERVER: list[_ForkServer] = []
+RUNS = {"forked": 0, "subprocess": 0}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if any(RUNS.values()):  # a run that silently stopped forking would take minutes longer
+        terminalreporter.write_line(f"segen CLI runs: {RUNS['forked']} forked from tests/segen_server.py, {RUNS['subprocess']} plain subprocesses")
+_SESSION_ENV = dict(os.environ)
+
+
+def _fork_server(env: dict[str, str], inject: bool) -> _ForkServer | None:
+    if os.environ.get("SEGEN_TEST_FORKSERVER", "1") == "0":
+        return None
+    if not _SERVER:  # started with the session's environment, whatever this test has patched
+        _SERVER.append(_ForkServer({**_SESSION_ENV, "PYTHONUNBUFFERED": "1"}))
+    return _SERVER[0] if _SERVER[0].matches(env, inject) else None
 
 
 def _interactive_signals() -> None:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_segen
+from conftest import TINY_GAN, run_segen
 
-TINY_GAN = ("debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8")
 TINY_CNN = ("debug=smoke", "model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,false]", "test=false")
 SMALL_EVAL = ("eval.n_fake=100", "eval.n_real=200", "eval.batch_size=100")
 
@@ -36,8 +35,8 @@ def cnn_ckpt(root) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cgan_ckpt(root) -> Path:
-    return train(root, "cgan", "model=cgan", *TINY_GAN) / "checkpoints" / "last.ckpt"
+def cgan_ckpt(tiny_cgan_ckpt) -> Path:
+    return tiny_cgan_ckpt  # conftest: `segen train model=cgan data=shapes *TINY_GAN`, shared with test_sample
 
 
 @pytest.fixture(scope="module")

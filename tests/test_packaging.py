@@ -48,7 +48,8 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}
     code = "import segen.cli, sys; print(segen.cli.__file__); sys.argv=['segen']+sys.argv[1:]; segen.cli.main()"
     result = subprocess.run(
-        [sys.executable, "-c", code, "train", "trainer.max_steps=5", "debug=smoke", "test=false"],
+        [sys.executable, "-c", code, "train", "trainer.max_steps=5", "debug=smoke", "test=false",
+         "model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,false]"],  # a small net: CPU time
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,6 +16,12 @@ from segen.errors import ConfigError
 from segen.perf import PerformanceKnobs, networks
 
 SMOKE = ("debug=smoke", "trainer=cpu", "test=false")
+# Small networks: the knobs act on any conv net, and the default widths (up to 512 channels, or
+# a depth-4 UNet) cost most of these runs' time on CPU at bf16/fp16, and torch.compile's kernels.
+TINY_NETS = {
+    "cnn": ("model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,true]"),
+    "unet": ("model.net.depth=2", "model.net.base_width=8"),
+}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -75,7 +81,8 @@ def test_matmul_precision_is_set_and_checked():
 )
 def test_knobs_train_on_cpu(segen, tmp_path, overrides):
     run = tmp_path / "run"
-    result = segen("train", *SMOKE, *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    net = TINY_NETS["unet" if "model=unet" in overrides else "cnn"]
+    result = segen("train", *SMOKE, *overrides, *net, f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert "train/loss" in (run / "metrics.csv").read_text()
@@ -84,7 +91,7 @@ def test_knobs_train_on_cpu(segen, tmp_path, overrides):
 @pytest.mark.slow  # torch.compile on CPU builds C++ kernels: about a minute here
 def test_compile_trains_on_cpu_and_checkpoints_load_uncompiled(segen, tmp_path):
     run = tmp_path / "run"
-    result = segen("train", *SMOKE, "perf=gpu", "trainer.precision=bf16-mixed", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = segen("train", *SMOKE, "perf=gpu", "trainer.precision=bf16-mixed", *TINY_NETS["cnn"], f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert state and all(not k.startswith("net._orig_mod") for k in state)

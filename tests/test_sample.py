@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_segen
+from conftest import TINY_GAN, run_segen
 from PIL import Image
-
-TINY = ["debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8"]
 
 
 def train_tiny(tmp_path_factory, model: str) -> Path:
     root = tmp_path_factory.mktemp(model)
-    result = run_segen("train", f"model={model}", "data=shapes", *TINY, f"hydra.run.dir={root}/run", cwd=root)
+    result = run_segen("train", f"model={model}", "data=shapes", *TINY_GAN, f"hydra.run.dir={root}/run", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run" / "checkpoints" / "last.ckpt"
 
@@ -26,8 +24,8 @@ def dcgan_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cgan_ckpt(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory, "cgan")
+def cgan_ckpt(tiny_cgan_ckpt) -> Path:
+    return tiny_cgan_ckpt  # conftest: the same tiny training, shared with test_eval_gan
 
 
 def sample(tmp_path: Path, *args: str):

@@ -19,8 +19,16 @@ def trained(segen, tmp_path: Path, *overrides: str) -> Path:
     return run
 
 
-def test_train_shapes_writes_checkpoints_logs_and_config(segen, tmp_path):
-    run = trained(segen, tmp_path)
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory) -> Path:
+    """`segen train debug=smoke trainer=cpu`, read (never changed) by the two tests that need it."""
+    from conftest import run_segen
+
+    return trained(run_segen, tmp_path_factory.mktemp("shapes_run"))
+
+
+def test_train_shapes_writes_checkpoints_logs_and_config(shapes_run):
+    run = shapes_run
     best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
     assert best.is_file() and last.is_file()
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "config_tree.log").is_file()
@@ -35,7 +43,8 @@ def test_train_shapes_writes_checkpoints_logs_and_config(segen, tmp_path):
 
 
 def test_eval_reports_test_accuracy_that_matches_an_independent_count(segen, tmp_path):
-    run = trained(segen, tmp_path, "trainer.limit_train_batches=10")
+    small_net = ("model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,true]")  # CPU time
+    run = trained(segen, tmp_path, "trainer.limit_train_batches=10", *small_net)
     out = tmp_path / "eval"
     result = segen("eval", f"ckpt={run}/checkpoints/best.ckpt", f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,8 +100,8 @@ def test_missing_dataset_is_one_line_and_writes_no_checkpoint(segen, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_eval_rejects_unknown_data_key_and_contradicting_model(segen, tmp_path):
-    run = trained(segen, tmp_path)
+def test_eval_rejects_unknown_data_key_and_contradicting_model(segen, tmp_path, shapes_run):
+    run = shapes_run
     ckpt = f"ckpt={run}/checkpoints/last.ckpt"
     bad_key = segen("eval", ckpt, "data.no_such_key=1", f"hydra.run.dir={tmp_path}/e1", cwd=tmp_path)
     assert bad_key.returncode == 2 and "no_such_key" in bad_key.stderr
