@@ -248,6 +248,6 @@ def test_export_takes_label_maps_and_matches_pytorch(runs, tmp_path):
     result = run_segen("export", f"ckpt={runs['pix2pix']}", "format=onnx", f"out={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "max abs diff" in result.stdout and out.is_file()
-    sidecar = json.loads(out.with_suffix(".json").read_text())
+    sidecar = json.loads(out.with_name(out.name + ".json").read_text())  # p2p.onnx.json
     assert sidecar["task"] == "translation" and sidecar["input"]["shape"] == ["batch", 32, 32]
     assert sidecar["mask_class_names"][0] == "background"
