@@ -42,6 +42,23 @@ def test_code_is_uniform_one_hot_and_settable():
     assert g(z[:3]).shape == (3, 1, 28, 28)
 
 
+def test_code_through_conditional_batchnorm():
+    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    assert g.layers[0].in_channels == 8 - 1  # the code is not an input: it picks every BatchNorm's scale and shift
+    norms = [m for m in g.modules() if isinstance(m, dcgan.ConditionalBatchNorm2d)]
+    assert norms and all(m.scale.num_embeddings == K for m in norms)
+    z = torch.randn(4, 8)
+    g.eval()
+    with torch.no_grad():
+        for m in norms:
+            m.shift.weight.normal_()  # make the codes differ
+        same_noise = z.repeat(2, 1)
+        images = g(g.with_codes(same_noise, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])))
+    assert not torch.allclose(images[:4], images[4:])  # the code changes the image
+    with pytest.raises(ValueError, match="code_input"):
+        dcgan.Generator(1, 28, latent_dim=8, code_classes=K, code_input="film")
+
+
 def test_q_head_shapes_and_no_spectral_norm():
     d = dcgan.Discriminator(1, 28, width=4, norm="spectral", code_classes=K)
     logits, code_logits = d.forward_with_code_logits(torch.randn(3, 1, 28, 28))

@@ -16,8 +16,11 @@ generator reads its last noise entry u ~ N(0, 1) as a code c = floor(K * Phi(u))
 over 0..K-1 (Phi is the normal CDF), and runs on the other noise entries joined to c's
 one-hot vector; the discriminator grows a head Q that predicts c from D's features. With
 Q's cross-entropy added to both nets' losses (segen/tasks/gan.py), G must keep c readable in
-its images, which on digits makes c the digit: a discrete choice of mode that a continuous z
-alone maps poorly onto disconnected classes (it blends them). No labels are used. Because the
+its images: a discrete choice of mode, where a continuous z alone maps poorly onto
+disconnected classes (it blends them). On MNIST the paper's code came to be the digit; what
+it does at segen's budget: docs/results.md. No labels are used. `code_input="cbn"` feeds the
+code through conditional BatchNorm instead (a scale and shift per code value in every G
+layer, as cgan feeds its labels), so that it acts at every resolution. Because the
 code is a function of the noise, the generator still maps N(0, 1) noise `(N, latent_dim)` to
 images, so everything that samples or exports it is unchanged.
 """
@@ -25,6 +28,7 @@ images, so everything that samples or exports it is unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -93,6 +97,27 @@ def spectral_normalize(module: nn.Module) -> nn.Module:
     return module
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; per-class scale (init ~N(1, 0.02)) and shift (0).
+
+    de Vries et al. 2017; used by cgan for labels and by an InfoGAN code with code_input="cbn".
+    """
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.scale = nn.Embedding(num_classes, num_features)
+        self.shift = nn.Embedding(num_classes, num_features)
+        nn.init.normal_(self.scale.weight, 1.0, 0.02)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
+
+
+CODE_INPUTS = ("concat", "cbn")
+
+
 class Generator(nn.Module):
     """z `(N, latent_dim)` -> images `(N, channels, image_size, image_size)` in [-1, 1].
 
@@ -111,12 +136,13 @@ class Generator(nn.Module):
         widths: Sequence[int] | None = None,
         norm: Norm = nn.BatchNorm2d,
         code_classes: int | None = None,
+        code_input: str = "concat",
     ):
         super().__init__()
         start, stages = stage_plan(image_size)
         w = stage_widths(width, stages, widths)
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
-        self.code_classes = code_classes
+        self.code_classes, self.code_input = code_classes, code_input
         net_input = latent_dim
         if code_classes is not None:
             if code_classes < 2:
@@ -127,7 +153,13 @@ class Generator(nn.Module):
             # Not saved: it follows from code_classes.
             levels = torch.arange(1, code_classes, dtype=torch.float64) / code_classes
             self.register_buffer("code_bounds", torch.special.ndtri(levels).float(), persistent=False)
-            net_input = latent_dim - 1 + code_classes
+            if code_input not in CODE_INPUTS:
+                raise ValueError(f"code_input must be one of {CODE_INPUTS}, got {code_input!r}")
+            if code_input == "concat":  # InfoGAN: the one-hot code joins the noise
+                net_input = latent_dim - 1 + code_classes
+            else:  # a scale and shift per code value in every BatchNorm
+                net_input = latent_dim - 1
+                norm = partial(ConditionalBatchNorm2d, num_classes=code_classes)
         # The paper's "project and reshape": a transposed conv from 1x1 to the start size.
         layers = up_block(net_input, w[0], norm, kernel=start, stride=1, padding=0)
         for a, b in zip(w[:-1], w[1:], strict=True):
@@ -138,10 +170,19 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.flatten(1)
-        if self.code_classes is not None:
-            z = torch.cat([z[:, :-1], self.code_one_hot(z).to(z.dtype)], dim=1)
-        # flatten + index, not view(len(z), ...): len() would fix the batch size in an export.
-        return self.layers(z[:, :, None, None])
+        if self.code_classes is None:
+            # flatten + index, not view(len(z), ...): len() would fix the batch size in an export.
+            return self.layers(z[:, :, None, None])
+        if self.code_input == "concat":
+            return self.layers(torch.cat([z[:, :-1], self.code_one_hot(z).to(z.dtype)], dim=1)[:, :, None, None])
+        return self.run_layers(z[:, :-1], self.code(z))
+
+    def run_layers(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The layers on `z` `(N, net input)`, with `labels` `(N,)` given to every conditional BatchNorm."""
+        x = z.flatten(1)[:, :, None, None]
+        for layer in self.layers:
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x
 
     def code(self, z: torch.Tensor) -> torch.Tensor:
         """The latent code `(N,)` long of noise `z` `(N, latent_dim)`: floor(K * Phi(z[:, -1]))."""
