@@ -58,7 +58,7 @@ def unet_task():
     return SegmentationTask(perturb_batchnorm(net), optimizer=partial(torch.optim.SGD, lr=0.1))
 
 
-def gan_task(conditional: bool, ema: float | None = None):
+def gan_task(conditional: bool, ema: float | None = None, code: int | None = None, code_input: str = "concat"):
     from segen.tasks.gan import GANTask
 
     if conditional:
@@ -68,9 +68,9 @@ def gan_task(conditional: bool, ema: float | None = None):
     else:
         from segen.models.dcgan import Discriminator, Generator
 
-        gen, disc = Generator(3, 32, latent_dim=16, width=8), Discriminator(3, 32, width=8)
+        gen, disc = Generator(3, 32, latent_dim=16, width=8, code_classes=code, code_input=code_input), Discriminator(3, 32, width=8, code_classes=code)
     adam = partial(torch.optim.Adam, lr=2e-4)
-    task = GANTask(perturb_batchnorm(gen), disc, adam, adam, ema_decay=ema)
+    task = GANTask(perturb_batchnorm(gen), disc, adam, adam, ema_decay=ema, latent_code_classes=code)
     if ema is not None:  # the EMA copy differs from the live generator: export must pick it
         with torch.no_grad():
             for p in task.generator_ema.parameters():
@@ -83,6 +83,8 @@ TASKS = {
     "unet": unet_task,
     "dcgan": partial(gan_task, False),
     "dcgan_ema": partial(gan_task, False, 0.999),
+    "dcgan_code": partial(gan_task, False, 0.999, 5),  # InfoGAN's code, read from the noise inside the file
+    "dcgan_code_cbn": partial(gan_task, False, None, 5, "cbn"),
     "cgan": partial(gan_task, True),
 }
 
@@ -98,6 +100,8 @@ def test_exported_file_matches_pytorch_on_another_batch(kind, fmt, tmp_path):
     if kind.startswith(("dcgan", "cgan")):
         assert spec.module is task.sampler  # the EMA generator when there is one
         assert spec.sidecar["latent_dim"] == 16 and spec.sidecar["output"]["value_range"] == [-1.0, 1.0]
+    if kind.startswith("dcgan_code"):
+        assert spec.input_names == ["noise"] and spec.sidecar["latent_code"]["classes"] == 5
     if kind == "cgan":
         assert spec.input_names == ["noise", "labels"] and spec.sidecar["class_names"] == list(SHAPES.info.class_names)
 

@@ -156,9 +156,12 @@ def test_dcgan_smoke_on_mnist_fixture(segen, tmp_path, mnist_root):
     run = tmp_path / "run"
     result = segen(
         "train", "model=dcgan", "data=mnist", *SMALL, f"data.data_dir={mnist_root}", "data.download=false",
-        "data.val_split=50", f"hydra.run.dir={run}", cwd=tmp_path,
+        "data.val_split=50", "model.latent_code_classes=10", f"hydra.run.dir={run}", cwd=tmp_path,
     )
-    check_run(result, run, rows=8, size=28, channels=1)
+    # InfoGAN's 10-value latent code through the CLI: one grid row per value, Q's losses logged.
+    check_run(result, run, rows=10, size=28, channels=1)
+    metrics = read_metrics(run)
+    assert all(metrics.get(k) for k in ("train/d_code_loss", "train/g_code_loss"))
 
 
 def test_cgan_smoke_on_mnist_fixture_has_a_row_per_digit(segen, tmp_path, mnist_root):

@@ -18,11 +18,11 @@ from test_gan import check_run
 RECIPES = {
     ("dcgan", "mnist"): {
         "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.d_steps": 1,
-        "model.generator.width": 32, "model.discriminator.width": 32,
+        "model.generator.width": 32, "model.discriminator.width": 32, "model.latent_code_classes": None,
     },
     ("cgan", "mnist"): {
         "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.class_loss_weight": 1.0,
-        "model.generator.width": 32, "model.discriminator.width": 32,
+        "model.generator.width": 32, "model.discriminator.width": 32
     },
     ("dcgan", "cifar10"): {
         "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.d_steps": 2,
@@ -58,6 +58,13 @@ def test_recipe_trains_end_to_end_on_the_fixture(model, data, tmp_path, request)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
     assert any(k.startswith("generator_ema.") for k in state) and int(state["ema_updates"]) >= 1
     assert any("parametrizations.weight.original" in k for k in state if k.startswith("discriminator."))  # spectral norm
+
+
+@pytest.mark.parametrize("model", ["dcgan", "cgan"])
+def test_mnist_recipes_budget_the_default_runs_batches(model):
+    # The default run on full MNIST: 10 epochs of ~430 batches of 128; the recipes keep both.
+    recipe = OmegaConf.load(Path(__file__).parents[1] / "configs" / "recipe" / f"{model}_mnist.yaml")
+    assert recipe.data.batch_size == 128 and recipe.trainer.max_epochs == 10
 
 
 @pytest.mark.slow  # three CLI runs: cnn, cgan, eval

@@ -25,21 +25,7 @@ import torch
 from torch import nn
 
 from segen.models import dcgan
-
-
-class ConditionalBatchNorm2d(nn.Module):
-    """BatchNorm without its own affine; per-class scale (init ~N(1, 0.02)) and shift (0)."""
-
-    def __init__(self, num_features: int, num_classes: int):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(num_features, affine=False)
-        self.scale = nn.Embedding(num_classes, num_features)
-        self.shift = nn.Embedding(num_classes, num_features)
-        nn.init.normal_(self.scale.weight, 1.0, 0.02)
-        nn.init.zeros_(self.shift.weight)
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.bn(x) * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
+from segen.models.dcgan import ConditionalBatchNorm2d
 
 
 class Generator(nn.Module):
@@ -72,10 +58,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.conditioning == "embed":
             return self.net(torch.cat([z, self.embed(labels)], dim=1))
-        x = z.flatten(1)[:, :, None, None]  # not view(len(z), ...): see dcgan.Generator.forward
-        for layer in self.net.layers:
-            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
-        return x
+        return self.net.run_layers(z, labels)
 
 
 class Discriminator(nn.Module):

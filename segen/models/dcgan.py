@@ -10,11 +10,25 @@ The paper's nets are for 64 px. Other sizes change only the number of stride-2 s
 stack starts at a 4-7 px map and doubles until it reaches the image size (28 = 7*2*2,
 32 = 4*2*2*2, 64 = 4*2*2*2*2). Widths halve at each doubling in G and double in D, ending at
 `width` (the paper's ngf/ndf = 64).
+
+InfoGAN's categorical latent code (Chen et al. 2016), `code_classes=K` on both nets: the
+generator reads its last noise entry u ~ N(0, 1) as a code c = floor(K * Phi(u)), uniform
+over 0..K-1 (Phi is the normal CDF), and runs on the other noise entries joined to c's
+one-hot vector; the discriminator grows a head Q that predicts c from D's features. With
+Q's cross-entropy added to both nets' losses (segen/tasks/gan.py), G must keep c readable in
+its images: a discrete choice of mode, where a continuous z alone maps poorly onto
+disconnected classes (it blends them). On MNIST the paper's code came to be the digit; what
+it does at segen's budget: docs/results.md. No labels are used. `code_input="cbn"` feeds the
+code through conditional BatchNorm instead (a scale and shift per code value in every G
+layer, as cgan feeds its labels), so that it acts at every resolution. Because the
+code is a function of the noise, the generator still maps N(0, 1) noise `(N, latent_dim)` to
+images, so everything that samples or exports it is unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -86,6 +100,27 @@ def spectral_normalize(module: nn.Module) -> nn.Module:
     return module
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; per-class scale (init ~N(1, 0.02)) and shift (0).
+
+    de Vries et al. 2017; used by cgan for labels and by an InfoGAN code with code_input="cbn".
+    """
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.scale = nn.Embedding(num_classes, num_features)
+        self.shift = nn.Embedding(num_classes, num_features)
+        nn.init.normal_(self.scale.weight, 1.0, 0.02)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.bn(x) * self.scale(labels)[:, :, None, None] + self.shift(labels)[:, :, None, None]
+
+
+CODE_INPUTS = ("concat", "cbn")
+
+
 class Generator(nn.Module):
     """z `(N, latent_dim)` -> images `(N, channels, image_size, image_size)` in [-1, 1].
 
@@ -103,13 +138,33 @@ class Generator(nn.Module):
         width: int = 64,
         widths: Sequence[int] | None = None,
         norm: Norm = nn.BatchNorm2d,
+        code_classes: int | None = None,
+        code_input: str = "concat",
     ):
         super().__init__()
         start, stages = stage_plan(image_size)
         w = stage_widths(width, stages, widths)
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
+        self.code_classes, self.code_input = code_classes, code_input
+        net_input = latent_dim
+        if code_classes is not None:
+            if code_classes < 2:
+                raise ValueError(f"code_classes must be >= 2 (or None: no latent code), got {code_classes}")
+            if latent_dim < 2:
+                raise ValueError(f"a latent code takes one noise entry, so latent_dim must be >= 2, got {latent_dim}")
+            # Code k <=> bounds[k-1] <= u < bounds[k]: the normal quantiles of 1/K, ..., (K-1)/K.
+            # Not saved: it follows from code_classes.
+            levels = torch.arange(1, code_classes, dtype=torch.float64) / code_classes
+            self.register_buffer("code_bounds", torch.special.ndtri(levels).float(), persistent=False)
+            if code_input not in CODE_INPUTS:
+                raise ValueError(f"code_input must be one of {CODE_INPUTS}, got {code_input!r}")
+            if code_input == "concat":  # InfoGAN: the one-hot code joins the noise
+                net_input = latent_dim - 1 + code_classes
+            else:  # a scale and shift per code value in every BatchNorm
+                net_input = latent_dim - 1
+                norm = partial(ConditionalBatchNorm2d, num_classes=code_classes)
         # The paper's "project and reshape": a transposed conv from 1x1 to the start size.
-        layers = up_block(latent_dim, w[0], norm, kernel=start, stride=1, padding=0)
+        layers = up_block(net_input, w[0], norm, kernel=start, stride=1, padding=0)
         for a, b in zip(w[:-1], w[1:], strict=True):
             layers += up_block(a, b, norm)
         layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
@@ -117,8 +172,39 @@ class Generator(nn.Module):
         self.apply(init_weights)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # flatten + index, not view(len(z), ...): len() would fix the batch size in an export.
-        return self.layers(z.flatten(1)[:, :, None, None])
+        z = z.flatten(1)
+        if self.code_classes is None:
+            # flatten + index, not view(len(z), ...): len() would fix the batch size in an export.
+            return self.layers(z[:, :, None, None])
+        if self.code_input == "concat":
+            return self.layers(torch.cat([z[:, :-1], self.code_one_hot(z).to(z.dtype)], dim=1)[:, :, None, None])
+        return self.run_layers(z[:, :-1], self.code(z))
+
+    def run_layers(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The layers on `z` `(N, net input)`, with `labels` `(N,)` given to every conditional BatchNorm."""
+        x = z.flatten(1)[:, :, None, None]
+        for layer in self.layers:
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm2d) else layer(x)
+        return x
+
+    def code(self, z: torch.Tensor) -> torch.Tensor:
+        """The latent code `(N,)` long of noise `z` `(N, latent_dim)`: floor(K * Phi(z[:, -1]))."""
+        return (z.flatten(1)[:, -1:] >= self.code_bounds).sum(dim=1)
+
+    def code_one_hot(self, z: torch.Tensor) -> torch.Tensor:
+        """`(N, K)` bool one-hot of `code(z)`, written with comparisons only (exports to ONNX as is)."""
+        u = z.flatten(1)[:, -1:]
+        above = u >= self.code_bounds  # (N, K-1): True for every bound at or below u
+        ones = torch.ones_like(above[:, :1])
+        # code k: above bounds[0..k-1] and not above bounds[k]
+        return torch.cat([ones, above], dim=1) & ~torch.cat([above, ~ones], dim=1)
+
+    def with_codes(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """A copy of `z` whose code entry is the middle (in probability) of each of `codes`' bins."""
+        levels = (codes.to(torch.float64) + 0.5) / self.code_classes
+        out = z.clone()
+        out[:, -1] = torch.special.ndtri(levels).to(z.dtype).to(z.device)
+        return out
 
 
 class Discriminator(nn.Module):
@@ -130,9 +216,22 @@ class Discriminator(nn.Module):
 
     `norm="batch"` is the paper's BatchNorm; `norm="spectral"` replaces it with spectral
     normalization of every weight (SNGAN's discriminator, usually paired with the hinge loss).
+
+    `code_classes=K` adds InfoGAN's Q head: `code_head` maps the same features to K logits
+    for the generator's latent code (`forward_with_code_logits`). It is never spectrally
+    normalized: it is a classifier, not part of D's real/fake critic.
     """
 
-    def __init__(self, channels: int, image_size: int, width: int = 64, widths: Sequence[int] | None = None, norm: str = "batch"):
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        width: int = 64,
+        widths: Sequence[int] | None = None,
+        norm: str = "batch",
+        code_classes: int | None = None,
+        code_hidden: int = 128,
+    ):
         super().__init__()
         if norm not in D_NORMS:
             raise ValueError(f"discriminator norm must be one of {D_NORMS}, got {norm!r}")
@@ -149,6 +248,22 @@ class Discriminator(nn.Module):
         self.apply(init_weights)
         if norm == "spectral":
             spectral_normalize(self)
+        self.code_classes = code_classes
+        if code_classes is not None:
+            if code_classes < 2:
+                raise ValueError(f"code_classes must be >= 2 (or None: no latent code), got {code_classes}")
+            # InfoGAN's Q: a hidden layer over the whole feature map, then the code's logits.
+            self.code_head = nn.Sequential(
+                nn.Conv2d(w[-1], code_hidden, start, 1, 0), nn.LeakyReLU(0.2, inplace=True), nn.Flatten(), nn.Linear(code_hidden, code_classes)
+            )
+            self.code_head.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x)).flatten()
+
+    def forward_with_code_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit `(N,)`, latent-code logits `(N, code_classes)`) from one pass; needs code_classes."""
+        if self.code_classes is None:
+            raise ValueError("code logits need code_classes")
+        h = self.features(x)
+        return self.head(h).flatten(), self.code_head(h)

@@ -8,6 +8,11 @@ With `class_loss_weight` > 0 (cgan with a projection D), D's class embeddings ar
 as a classifier of real images and G is rewarded when D classifies its fakes as their labels:
 "dual projection" (Han et al. 2021, P2GAN), an AC-GAN-style term that needs no extra weights.
 
+With `latent_code_classes=K` (dcgan), the generator's noise carries InfoGAN's categorical code
+(Chen et al. 2016; segen/models/dcgan.py) and D's head Q learns to read it back from fakes:
+`code_loss_weight` x Q's cross-entropy is added to D's loss (training D's features and Q) and
+to G's (G keeps the code recognizable). Unsupervised: the code need not match any label.
+
 Training uses manual optimization (Lightning 2 has no automatic mode for two optimizers):
 every batch takes one discriminator step, and every `d_steps`-th batch also a generator step.
 Lightning counts each optimizer step in `trainer.global_step`, so `trainer.max_steps` counts
@@ -99,6 +104,8 @@ class GANTask(Task):
         d_steps: int = 1,
         ema_decay: float | None = None,
         class_loss_weight: float = 0.0,
+        latent_code_classes: int | None = None,
+        code_loss_weight: float = 1.0,
         grid_rows: int = 8,
         monitor: str | None = None,
         monitor_mode: str = "min",
@@ -119,11 +126,22 @@ class GANTask(Task):
                 "model.class_loss_weight > 0 needs model.discriminator.conditioning=projection (its class embeddings "
                 "are the classifier); add model.class_loss_weight=0 to use another conditioning"
             )
+        code_classes = (getattr(generator, "code_classes", None), getattr(discriminator, "code_classes", None))
+        if code_classes != (latent_code_classes, latent_code_classes):
+            raise ConfigError(
+                f"model.latent_code_classes={latent_code_classes} but the generator's code_classes is {code_classes[0]} and the "
+                f"discriminator's {code_classes[1]}; set all three alike (configs/model/dcgan.yaml ties them to latent_code_classes)"
+            )
+        if latent_code_classes is not None and getattr(generator, "num_classes", None) is not None:
+            raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
+        if code_loss_weight < 0:
+            raise ConfigError(f"model.code_loss_weight must be >= 0, got {code_loss_weight}")
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
         self.class_loss_weight = class_loss_weight
+        self.code_classes, self.code_loss_weight = latent_code_classes, code_loss_weight
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
@@ -131,11 +149,16 @@ class GANTask(Task):
             # A frozen copy whose weights trail the generator's; saved in the state_dict.
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False).eval()
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        # Fixed noise (and labels: one row per class) for the per-epoch grid, the same every run.
-        rows = self.num_classes or grid_rows
+        # Fixed noise (and labels: one row per class; or per latent code value) for the per-epoch
+        # grid, the same every run.
+        rows = self.num_classes or self.code_classes or grid_rows
         fixed = torch.Generator().manual_seed(0)
-        self.register_buffer("grid_noise", torch.randn(rows * GRID_COLUMNS, self.latent_dim, generator=fixed), persistent=False)
-        self.register_buffer("grid_labels", torch.arange(rows).repeat_interleave(GRID_COLUMNS), persistent=False)
+        grid_noise = torch.randn(rows * GRID_COLUMNS, self.latent_dim, generator=fixed)
+        grid_labels = torch.arange(rows).repeat_interleave(GRID_COLUMNS)
+        if self.code_classes is not None:
+            grid_noise = generator.with_codes(grid_noise, grid_labels)
+        self.register_buffer("grid_noise", grid_noise, persistent=False)
+        self.register_buffer("grid_labels", grid_labels, persistent=False)
 
     # -- the nets, with or without labels ---------------------------------------------------------
     @property
@@ -154,7 +177,15 @@ class GANTask(Task):
         self, images: torch.Tensor, labels: torch.Tensor | None, class_loss: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """D's real/fake logits, and its cross-entropy on `labels` when the class loss is on
-        (and wanted: D's step on fakes has no use for it)."""
+        (and wanted: D's step on fakes has no use for it).
+
+        Unconditional with a latent code: `labels` are the fakes' codes (None for real images),
+        and the cross-entropy is Q's."""
+        if self.code_classes is not None:
+            if labels is None or self.code_loss_weight == 0:
+                return self.discriminator(images), None
+            logits, code_logits = self.discriminator.forward_with_code_logits(images)
+            return logits, F.cross_entropy(code_logits, labels)
         if class_loss and self.class_loss_weight > 0:
             logits, class_logits = self.discriminator.forward_with_class_logits(images, labels)
             return logits, F.cross_entropy(class_logits, labels)
@@ -174,12 +205,16 @@ class GANTask(Task):
         # Fakes carry the batch's own labels, so they follow the data's class frequencies.
         z = torch.randn(len(real), self.latent_dim, device=self.device)
         fake = self._generate(self.generator, z, labels)
+        # The fakes' latent codes (InfoGAN), which Q must read back; None without a code.
+        codes = self.generator.code(z) if self.code_classes is not None else None
 
         d_real, class_loss_real = self._discriminate(real, labels)
-        d_fake, _ = self._discriminate(fake.detach(), labels, class_loss=False)
+        d_fake, code_loss_d = self._discriminate(fake.detach(), codes if codes is not None else labels, class_loss=False)
         d_loss = discriminator_loss(self.loss, d_real, d_fake)
         if class_loss_real is not None:  # D learns to classify real images only (fakes' labels are G's claims)
             d_loss = d_loss + self.class_loss_weight * class_loss_real
+        if code_loss_d is not None:  # Q (and D's features under it) learn to read the code
+            d_loss = d_loss + self.code_loss_weight * code_loss_d
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
@@ -188,14 +223,17 @@ class GANTask(Task):
             self.log_dict({"train/d_loss": d_loss, "train/d_real": self._d_output(d_real), "train/d_fake": self._d_output(d_fake)}, prog_bar=True)
             if class_loss_real is not None:
                 self.log("train/d_class_loss", class_loss_real)
+            if code_loss_d is not None:
+                self.log("train/d_code_loss", code_loss_d)
 
         if (batch_idx + 1) % self.d_steps == 0:
             # D's weights need no gradients during G's step (cheaper than toggle_optimizer).
             self.discriminator.requires_grad_(False)
-            g_fake, class_loss_fake = self._discriminate(fake, labels)
+            g_fake, class_loss_fake = self._discriminate(fake, codes if codes is not None else labels)
             g_loss = generator_loss(self.loss, g_fake)
-            if class_loss_fake is not None:
-                g_loss = g_loss + self.class_loss_weight * class_loss_fake
+            if class_loss_fake is not None:  # the class loss, or with a latent code Q's
+                weight = self.code_loss_weight if codes is not None else self.class_loss_weight
+                g_loss = g_loss + weight * class_loss_fake
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()
@@ -205,7 +243,7 @@ class GANTask(Task):
             if log_now:
                 self.log("train/g_loss", g_loss, prog_bar=True)
                 if class_loss_fake is not None:
-                    self.log("train/g_class_loss", class_loss_fake)
+                    self.log("train/g_code_loss" if codes is not None else "train/g_class_loss", class_loss_fake)
             d_loss = d_loss + g_loss
         # Returned (detached by Lightning) only so that segen's NaN guard sees it.
         return d_loss
@@ -279,6 +317,11 @@ class GANTask(Task):
                        "color": "RGB" if channels == 3 else "grayscale"},
             "ema": self.ema_decay is not None,
         }
+        if self.code_classes is not None:
+            sidecar["latent_code"] = {
+                "classes": self.code_classes,
+                "source": "the last noise entry u: code = floor(classes * Phi(u)), Phi the standard normal CDF (InfoGAN)",
+            }
         if self.conditional:
             sidecar["labels"] = {"name": "labels", "shape": ["batch"], "dtype": "int64", "range": [0, self.num_classes - 1]}
             sidecar["class_names"] = list(datamodule.info.class_names)
