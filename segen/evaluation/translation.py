@@ -24,7 +24,14 @@ import torch
 from omegaconf import DictConfig
 
 from segen.errors import ConfigError, IncompatibleError, SegenError
-from segen.metrics.features import build_feature_net, default_inception_weights, extract, file_sha256, inception_weights, slices
+from segen.metrics.features import (
+    build_feature_net,
+    default_inception_weights,
+    extract,
+    file_sha256,
+    inception_weights,
+    slices,
+)
 from segen.metrics.scores import frechet_distance, kernel_distance, kid_subset_size
 from segen.overrides import override_keys
 from segen.tasks.base import SPLITS, Evaluation, Table
@@ -105,7 +112,10 @@ def fcn_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def image_similarity(fake: torch.Tensor, real: torch.Tensor, batch_size: int) -> dict[str, float]:
     """L1 (in [0, 1] units), PSNR (dB) and SSIM of uint8 generated vs real images, per image, averaged."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
 
     l1, psnr, ssim = [], [], []
     for start in range(0, len(fake), batch_size):
