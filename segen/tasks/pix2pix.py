@@ -174,7 +174,8 @@ class Pix2PixTask(Task):
         for module in net.modules():
             if isinstance(module, nn.Dropout):
                 module.train()
-        devices = [self.device] if self.device.type == "cuda" else []
+        cuda = self.device.type == "cuda"
+        devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if cuda else []
         out = []
         try:
             with torch.random.fork_rng(devices=devices):
