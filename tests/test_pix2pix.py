@@ -187,6 +187,13 @@ def test_eval_without_a_segmenter_says_how_to_get_the_fcn_score(runs, tmp_path):
     assert "PSNR" in result.stdout
 
 
+def test_asking_for_inception_without_weights_names_the_offline_choice(runs, tmp_path):
+    result = run_segen("eval", f"ckpt={runs['pix2pix']}", "eval.features=inception", f"eval.inception_weights={tmp_path / 'none.pth'}", cwd=tmp_path)
+    line = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in line
+    assert "none.pth" in line and "eval.features=segmenter" in line and "classifier" not in line
+
+
 def test_segmenter_features_give_fid_and_kid(runs, tmp_path):
     result = run_segen("eval", f"ckpt={runs['pix2pix']}", f"eval.segmenter_ckpt={runs['unet']}", "eval.features=segmenter",
                        f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)

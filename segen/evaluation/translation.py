@@ -58,7 +58,14 @@ def check_request(cfg: DictConfig) -> None:
     if ev.features == "segmenter" and not ev.get("segmenter_ckpt"):
         raise ConfigError("eval.features=segmenter needs eval.segmenter_ckpt=<checkpoint of `segen train model=unet` on the same data>")
     if ev.features == "inception" and _features_asked():
-        inception_weights(ev.inception_weights, ev.download_weights)  # missing weights: one line, now
+        try:  # missing weights: one line, now, with the offline choice that applies to pix2pix
+            inception_weights(ev.inception_weights, ev.download_weights)
+        except SegenError:
+            where = ev.inception_weights or default_inception_weights()
+            raise ConfigError(
+                f"eval.features=inception needs Inception weights at {where}; pass eval.inception_weights=PATH or "
+                "eval.download_weights=true, or score offline with eval.features=segmenter eval.segmenter_ckpt=<unet ckpt>"
+            ) from None
     size = ev.get("max_images")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 2):
         raise ConfigError(f"eval.max_images={size} must be an integer >= 2, or null for the whole split")
