@@ -26,7 +26,7 @@ as best.ckpt, the same as last.ckpt. Progress is watched in `<run dir>/samples/e
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from torch import nn
 from segen.errors import ConfigError
 from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
+from segen.tasks.diffaugment import diff_augment, parse_policy
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
@@ -106,6 +107,7 @@ class GANTask(Task):
         class_loss_weight: float = 0.0,
         latent_code_classes: int | None = None,
         code_loss_weight: float = 1.0,
+        augment: Sequence[str] | str | None = None,
         grid_rows: int = 8,
         monitor: str | None = None,
         monitor_mode: str = "min",
@@ -136,6 +138,10 @@ class GANTask(Task):
             raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
         if code_loss_weight < 0:
             raise ConfigError(f"model.code_loss_weight must be >= 0, got {code_loss_weight}")
+        try:
+            self.augment = parse_policy(augment)
+        except ValueError as err:
+            raise ConfigError(f"model.augment: {err} (e.g. model.augment=[translation,cutout])") from None
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
@@ -180,7 +186,9 @@ class GANTask(Task):
         (and wanted: D's step on fakes has no use for it).
 
         Unconditional with a latent code: `labels` are the fakes' codes (None for real images),
-        and the cross-entropy is Q's."""
+        and the cross-entropy is Q's. With `augment`, D sees DiffAugment'ed images, in training only."""
+        if self.augment and self.training:
+            images = diff_augment(images, self.augment)
         if self.code_classes is not None:
             if labels is None or self.code_loss_weight == 0:
                 return self.discriminator(images), None
