@@ -119,6 +119,7 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 CODE_INPUTS = ("concat", "cbn")
+LATENT_CODES = ("infogan", "clusters")  # what the code is: free for G (Q reads it back) | the images' k-means cluster
 
 
 class Generator(nn.Module):
@@ -152,10 +153,10 @@ class Generator(nn.Module):
                 raise ValueError(f"code_classes must be >= 2 (or None: no latent code), got {code_classes}")
             if latent_dim < 2:
                 raise ValueError(f"a latent code takes one noise entry, so latent_dim must be >= 2, got {latent_dim}")
-            # Code k <=> bounds[k-1] <= u < bounds[k]: the normal quantiles of 1/K, ..., (K-1)/K.
-            # Not saved: it follows from code_classes.
-            levels = torch.arange(1, code_classes, dtype=torch.float64) / code_classes
-            self.register_buffer("code_bounds", torch.special.ndtri(levels).float(), persistent=False)
+            # Code k <=> bounds[k-1] <= u < bounds[k]: the normal quantiles of 1/K, ..., (K-1)/K
+            # (a uniform code) until set_code_prior says otherwise; saved with the weights.
+            self.register_buffer("code_bounds", torch.empty(code_classes - 1))
+            self.set_code_prior(torch.full((code_classes,), 1.0 / code_classes))
             if code_input not in CODE_INPUTS:
                 raise ValueError(f"code_input must be one of {CODE_INPUTS}, got {code_input!r}")
             if code_input == "concat":  # InfoGAN: the one-hot code joins the noise
@@ -199,12 +200,32 @@ class Generator(nn.Module):
         # code k: above bounds[0..k-1] and not above bounds[k]
         return torch.cat([ones, above], dim=1) & ~torch.cat([above, ~ones], dim=1)
 
+    def set_code_prior(self, probs: torch.Tensor) -> None:
+        """Draw code k with probability `probs[k]` (e.g. the share of the training images in
+        cluster k) instead of uniformly: the bounds become the normal quantiles of the cumulative sums."""
+        probs = probs.to(torch.float64).clamp_min(0)
+        cumulative = (probs.cumsum(0) / probs.sum())[:-1].clamp(1e-12, 1 - 1e-12)
+        self.code_bounds.copy_(torch.special.ndtri(cumulative).to(self.code_bounds.dtype))
+
+    def code_prior(self) -> torch.Tensor:
+        """`(K,)` probability of each code value under N(0, 1) noise."""
+        edges = torch.special.ndtr(self.code_bounds.to(torch.float64).cpu())
+        return torch.diff(edges, prepend=edges.new_zeros(1), append=edges.new_ones(1))
+
     def with_codes(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """A copy of `z` whose code entry is the middle (in probability) of each of `codes`' bins."""
-        levels = (codes.to(torch.float64) + 0.5) / self.code_classes
+        edges = torch.special.ndtr(self.code_bounds.to(torch.float64).cpu())
+        lower = torch.cat([edges.new_zeros(1), edges])[codes.cpu()]
+        upper = torch.cat([edges, edges.new_ones(1)])[codes.cpu()]
         out = z.clone()
-        out[:, -1] = torch.special.ndtri(levels).to(z.dtype).to(z.device)
+        out[:, -1] = torch.special.ndtri((lower + upper) / 2).to(z.dtype).to(z.device)
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the code prior was saved had a uniform code: keep the default.
+        if self.code_classes is not None and prefix + "code_bounds" not in state_dict:
+            state_dict = {**state_dict, prefix + "code_bounds": self.code_bounds.detach().clone()}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class Discriminator(nn.Module):
@@ -217,9 +238,14 @@ class Discriminator(nn.Module):
     `norm="batch"` is the paper's BatchNorm; `norm="spectral"` replaces it with spectral
     normalization of every weight (SNGAN's discriminator, usually paired with the hinge loss).
 
-    `code_classes=K` adds InfoGAN's Q head: `code_head` maps the same features to K logits
-    for the generator's latent code (`forward_with_code_logits`). It is never spectrally
-    normalized: it is a classifier, not part of D's real/fake critic.
+    `code_classes=K` adds what the latent code needs, by `latent_code`:
+    - "infogan": Q's head, `code_head`, maps the same features to K logits for the generator's
+      code (`forward_with_code_logits`). It is never spectrally normalized: it is a
+      classifier, not part of D's real/fake critic.
+    - "clusters" (self-conditioning): real images have a code too (their cluster), and D is
+      conditioned on it by projection, as cgan's D on labels: `forward(x, codes)` adds
+      <embed(code), sum-pooled features>, and the inner products with every code's
+      embedding are the code logits (`forward_with_code_logits(x, codes)`).
     """
 
     def __init__(
@@ -231,8 +257,11 @@ class Discriminator(nn.Module):
         norm: str = "batch",
         code_classes: int | None = None,
         code_hidden: int = 128,
+        latent_code: str = "infogan",
     ):
         super().__init__()
+        if latent_code not in LATENT_CODES:
+            raise ValueError(f"latent_code must be one of {LATENT_CODES}, got {latent_code!r}")
         if norm not in D_NORMS:
             raise ValueError(f"discriminator norm must be one of {D_NORMS}, got {norm!r}")
         start, stages = stage_plan(image_size)
@@ -248,22 +277,40 @@ class Discriminator(nn.Module):
         self.apply(init_weights)
         if norm == "spectral":
             spectral_normalize(self)
-        self.code_classes = code_classes
-        if code_classes is not None:
-            if code_classes < 2:
-                raise ValueError(f"code_classes must be >= 2 (or None: no latent code), got {code_classes}")
+        self.code_classes, self.latent_code = code_classes, latent_code
+        if code_classes is not None and code_classes < 2:
+            raise ValueError(f"code_classes must be >= 2 (or None: no latent code), got {code_classes}")
+        if code_classes is not None and latent_code == "clusters":
+            self.code_embed = nn.Embedding(code_classes, w[-1])
+            nn.init.normal_(self.code_embed.weight, 0.0, 0.02)
+            if norm == "spectral":  # part of the critic, like cgan's class embedding
+                spectral_normalize(self.code_embed)
+        elif code_classes is not None:
             # InfoGAN's Q: a hidden layer over the whole feature map, then the code's logits.
             self.code_head = nn.Sequential(
                 nn.Conv2d(w[-1], code_hidden, start, 1, 0), nn.LeakyReLU(0.2, inplace=True), nn.Flatten(), nn.Linear(code_hidden, code_classes)
             )
             self.code_head.apply(init_weights)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def conditioned(self) -> bool:
+        """Whether D takes the images' codes as a second input (self-conditioning)."""
+        return self.code_classes is not None and self.latent_code == "clusters"
+
+    def forward(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditioned:
+            return self.forward_with_code_logits(x, codes)[0]
         return self.head(self.features(x)).flatten()
 
-    def forward_with_code_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logit `(N,)`, latent-code logits `(N, code_classes)`) from one pass; needs code_classes."""
+    def forward_with_code_logits(self, x: torch.Tensor, codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit `(N,)`, latent-code logits `(N, code_classes)`) from one pass; needs code_classes,
+        and with latent_code="clusters" the images' `codes` `(N,)`."""
         if self.code_classes is None:
             raise ValueError("code logits need code_classes")
         h = self.features(x)
-        return self.head(h).flatten(), self.code_head(h)
+        if not self.conditioned:
+            return self.head(h).flatten(), self.code_head(h)
+        if codes is None:
+            raise ValueError("a self-conditioned discriminator needs the images' codes")
+        code_logits = h.sum(dim=(2, 3)) @ self.code_embed.weight.t()
+        return self.head(h).flatten() + code_logits.gather(1, codes[:, None]).squeeze(1), code_logits

@@ -34,13 +34,17 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from segen.console import note
 from segen.errors import ConfigError
 from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
 from segen.tasks.diffaugment import diff_augment, parse_policy
+from segen.tasks.kmeans import kmeans, nearest
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
+LATENT_CODES = ("infogan", "clusters")
+MAX_CLUSTER_IMAGES = 20_000  # images that fit the self-conditioning clusters (a seeded subset beyond it)
 GRID_COLUMNS = 8
 
 
@@ -106,6 +110,7 @@ class GANTask(Task):
         ema_decay: float | None = None,
         class_loss_weight: float = 0.0,
         latent_code_classes: int | None = None,
+        latent_code: str = "infogan",
         code_loss_weight: float = 1.0,
         augment: Sequence[str] | str | None = None,
         grid_rows: int = 8,
@@ -134,6 +139,13 @@ class GANTask(Task):
                 f"model.latent_code_classes={latent_code_classes} but the generator's code_classes is {code_classes[0]} and the "
                 f"discriminator's {code_classes[1]}; set all three alike (configs/model/dcgan.yaml ties them to latent_code_classes)"
             )
+        if latent_code not in LATENT_CODES:
+            raise ConfigError(f"model.latent_code={latent_code} is not a kind of latent code; use one of: {', '.join(LATENT_CODES)}")
+        if latent_code_classes is not None and getattr(discriminator, "latent_code", None) != latent_code:
+            raise ConfigError(
+                f"model.latent_code={latent_code} but the discriminator's latent_code is {getattr(discriminator, 'latent_code', None)}; "
+                "set both alike (configs/model/dcgan.yaml ties them)"
+            )
         if latent_code_classes is not None and getattr(generator, "num_classes", None) is not None:
             raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
         if code_loss_weight < 0:
@@ -148,6 +160,13 @@ class GANTask(Task):
         self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
         self.class_loss_weight = class_loss_weight
         self.code_classes, self.code_loss_weight = latent_code_classes, code_loss_weight
+        self.latent_code = latent_code
+        if self.self_conditioned:
+            # k-means centroids of the training images (fitted at the start of training, then
+            # saved with the weights): each real image's code is its nearest centroid.
+            features = generator.channels * generator.image_size**2
+            self.register_buffer("cluster_centroids", torch.zeros(latent_code_classes, features))
+            self.register_buffer("clusters_fitted", torch.zeros((), dtype=torch.bool))
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
@@ -172,6 +191,11 @@ class GANTask(Task):
         return self.num_classes is not None
 
     @property
+    def self_conditioned(self) -> bool:
+        """Whether the latent code is the images' k-means cluster (Liu et al. 2020), not InfoGAN's."""
+        return self.code_classes is not None and self.latent_code == "clusters"
+
+    @property
     def sampler(self) -> nn.Module:
         """The generator used for samples: the EMA copy when there is one."""
         return self.generator_ema if self.ema_decay is not None else self.generator
@@ -189,6 +213,11 @@ class GANTask(Task):
         and the cross-entropy is Q's. With `augment`, D sees DiffAugment'ed images, in training only."""
         if self.augment and self.training:
             images = diff_augment(images, self.augment)
+        if self.self_conditioned:  # `labels` are the images' codes; D is conditioned on them
+            if class_loss and self.code_loss_weight > 0:
+                logits, code_logits = self.discriminator.forward_with_code_logits(images, labels)
+                return logits, F.cross_entropy(code_logits, labels)
+            return self.discriminator(images, labels), None
         if self.code_classes is not None:
             if labels is None or self.code_loss_weight == 0:
                 return self.discriminator(images), None
@@ -215,12 +244,15 @@ class GANTask(Task):
         fake = self._generate(self.generator, z, labels)
         # The fakes' latent codes (InfoGAN), which Q must read back; None without a code.
         codes = self.generator.code(z) if self.code_classes is not None else None
+        if self.self_conditioned:  # real images' codes: their clusters
+            labels = nearest(real.flatten(1), self.cluster_centroids)
 
         d_real, class_loss_real = self._discriminate(real, labels)
         d_fake, code_loss_d = self._discriminate(fake.detach(), codes if codes is not None else labels, class_loss=False)
         d_loss = discriminator_loss(self.loss, d_real, d_fake)
         if class_loss_real is not None:  # D learns to classify real images only (fakes' labels are G's claims)
-            d_loss = d_loss + self.class_loss_weight * class_loss_real
+            weight = self.code_loss_weight if self.self_conditioned else self.class_loss_weight
+            d_loss = d_loss + weight * class_loss_real
         if code_loss_d is not None:  # Q (and D's features under it) learn to read the code
             d_loss = d_loss + self.code_loss_weight * code_loss_d
         opt_d.zero_grad(set_to_none=True)
@@ -230,7 +262,7 @@ class GANTask(Task):
         if log_now:
             self.log_dict({"train/d_loss": d_loss, "train/d_real": self._d_output(d_real), "train/d_fake": self._d_output(d_fake)}, prog_bar=True)
             if class_loss_real is not None:
-                self.log("train/d_class_loss", class_loss_real)
+                self.log("train/d_code_loss" if self.self_conditioned else "train/d_class_loss", class_loss_real)
             if code_loss_d is not None:
                 self.log("train/d_code_loss", code_loss_d)
 
@@ -255,6 +287,36 @@ class GANTask(Task):
             d_loss = d_loss + g_loss
         # Returned (detached by Lightning) only so that segen's NaN guard sees it.
         return d_loss
+
+    def on_fit_start(self) -> None:
+        if self.self_conditioned and not self.clusters_fitted:  # a resumed run has its clusters already
+            self.fit_clusters(self.trainer.datamodule.split_images("train"))
+
+    @torch.no_grad()
+    def fit_clusters(self, images: torch.Tensor) -> None:
+        """k-means of uint8 training images `(N, C, H, W)` into the code's K clusters; G then
+        draws each code as often as its cluster holds training images.
+
+        Pixels in G's range and size, as the real batches reach D; at most
+        MAX_CLUSTER_IMAGES images (a seeded subset) fit the centroids, all of them count the sizes.
+        """
+        size = self.generator.image_size
+        x = images.float() / 127.5 - 1
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.flatten(1)
+        subset = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_CLUSTER_IMAGES]
+        centroids = kmeans(x[subset], self.code_classes, seed=0)
+        if self._trainer is not None:  # every rank takes rank 0's clusters
+            centroids = self.trainer.strategy.broadcast(centroids, src=0)
+        sizes = torch.bincount(nearest(x, centroids), minlength=self.code_classes)
+        self.cluster_centroids.copy_(centroids)
+        self.clusters_fitted.fill_(True)
+        for net in (self.generator, getattr(self, "generator_ema", None)):
+            if net is not None:
+                net.set_code_prior(sizes.float() / len(x))
+        if self._trainer is None or self.trainer.is_global_zero:
+            note(f"Self-conditioning: {self.code_classes} k-means clusters of {len(x)} training images, sizes {sizes.tolist()}")
 
     def _update_ema(self) -> None:
         update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
@@ -288,7 +350,10 @@ class GANTask(Task):
     def on_train_epoch_end(self) -> None:
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        images = to_uint8(self.sample(self.grid_noise, self.grid_labels if self.conditional else None))
+        noise = self.grid_noise
+        if self.code_classes is not None:  # row k shows code k, under the code prior of now (clusters set it)
+            noise = self.generator.with_codes(noise, self.grid_labels)
+        images = to_uint8(self.sample(noise, self.grid_labels if self.conditional else None))
         path = Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png"
         save_grid(images, path, nrow=GRID_COLUMNS)
         from torchvision.utils import make_grid

@@ -1,0 +1,180 @@
+"""Self-conditioning (`model.latent_code=clusters`): k-means clusters of the training images as
+dcgan's latent code, a code prior that follows the cluster sizes, a discriminator conditioned on
+the code by projection, and clusters fitted once per run (kept in checkpoints)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from segen.config import bind_data, build, config_dir
+from segen.data.info import DataInfo
+from segen.errors import ConfigError
+from segen.models import dcgan
+from segen.tasks.gan import GANTask
+from segen.tasks.kmeans import kmeans, nearest
+
+K = 3
+
+
+def adam(params):
+    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+
+def clustered_task(**kwargs) -> GANTask:
+    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    d = dcgan.Discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
+    return GANTask(g, d, adam, adam, loss="hinge", latent_code_classes=K, latent_code="clusters", **kwargs)
+
+
+def three_kinds(n: int = 90) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 `(n, 1, 28, 28)` images of three kinds (dark, bright top half, bright left half), 1:2:3."""
+    gen = torch.Generator().manual_seed(0)
+    kinds = torch.tensor([0] * (n // 6) + [1] * (n // 3) + [2] * (n // 2))
+    images = torch.randint(0, 40, (n, 1, 28, 28), generator=gen)
+    images[kinds == 1, :, :14, :] += 200
+    images[kinds == 2, :, :, :14] += 200
+    return images.to(torch.uint8), kinds
+
+
+def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two labellings group the items alike (cluster numbers are arbitrary)."""
+    return torch.equal(a[:, None] == a[None, :], b[:, None] == b[None, :])
+
+
+def test_kmeans_finds_separated_groups_and_is_seeded():
+    gen = torch.Generator().manual_seed(1)
+    truth = torch.arange(4).repeat_interleave(50)
+    centres = torch.tensor([[0.0, 0], [10, 0], [0, 10], [10, 10]])
+    x = centres[truth] + torch.randn(200, 2, generator=gen)
+    centroids = kmeans(x, 4, seed=5)
+    assert same_partition(nearest(x, centroids), truth)
+    assert torch.allclose(centroids.sort(dim=0).values, centres.sort(dim=0).values, atol=0.5)
+    assert torch.equal(kmeans(x, 4, seed=5), centroids)
+    with pytest.raises(ValueError, match="at least 4"):
+        kmeans(x[:3], 4)
+
+
+def test_code_prior_sets_how_often_each_code_is_drawn():
+    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    assert torch.allclose(g.code_prior(), torch.full((K,), 1 / K, dtype=torch.float64))
+    prior = torch.tensor([0.1, 0.3, 0.6])
+    g.set_code_prior(prior)
+    assert torch.allclose(g.code_prior().float(), prior, atol=1e-6)
+    z = torch.randn(40000, 8, generator=torch.Generator().manual_seed(0))
+    share = torch.bincount(g.code(z), minlength=K).float() / len(z)
+    assert torch.allclose(share, prior, atol=0.01)
+    wanted = torch.tensor([0, 1, 2, 2, 0])
+    assert torch.equal(g.code(g.with_codes(z[:5], wanted)), wanted)  # the bin middles of the new prior
+    # The prior is saved with the weights; a state dict from before it was saved loads as uniform.
+    state = g.state_dict()
+    assert torch.equal(state["code_bounds"], g.code_bounds)
+    fresh = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.code_prior().float(), prior, atol=1e-6)
+    old = {k: v for k, v in state.items() if k != "code_bounds"}
+    fresh = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    fresh.load_state_dict(old)
+    assert torch.allclose(fresh.code_prior().float(), torch.full((K,), 1 / K), atol=1e-6)
+
+
+def test_clustered_discriminator_projects_the_code():
+    torch.manual_seed(0)
+    d = dcgan.Discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
+    assert not hasattr(d, "code_head")  # no InfoGAN Q head: D is conditioned instead
+    d.eval()  # spectral norm's power iteration stands still, so every call sees the same weights
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        d.code_embed.parametrizations.weight.original.normal_()
+        logits, code_logits = d.forward_with_code_logits(x, torch.tensor([0, 2]))
+        plain = d.head(d.features(x)).flatten()
+        pooled = d.features(x).sum(dim=(2, 3))
+        expected = pooled @ d.code_embed.weight.t()
+    assert code_logits.shape == (2, K) and torch.allclose(code_logits, expected, atol=1e-5)
+    assert torch.allclose(logits, plain + expected[[0, 1], [0, 2]], atol=1e-5)
+    assert torch.allclose(d(x, torch.tensor([0, 2])), logits, atol=1e-5)
+    with pytest.raises(ValueError, match="codes"):
+        d(x)
+    with pytest.raises(ValueError, match="latent_code"):
+        dcgan.Discriminator(1, 28, width=4, code_classes=K, latent_code="labels")
+
+
+def test_fit_clusters_sets_centroids_prior_and_real_codes():
+    task = clustered_task(ema_decay=0.99)
+    images, kinds = three_kinds()
+    task.fit_clusters(images)
+    assert bool(task.clusters_fitted)
+    real = images.float() / 127.5 - 1  # what a training batch holds
+    codes = nearest(real.flatten(1), task.cluster_centroids)
+    assert same_partition(codes, kinds)
+    sizes = torch.bincount(codes, minlength=K).float() / len(codes)
+    for net in (task.generator, task.generator_ema):
+        assert torch.allclose(net.code_prior().float(), sizes, atol=1e-6)
+    # A resumed run has its clusters: on_fit_start does not refit (nor need the data).
+    before = task.cluster_centroids.clone()
+    task.on_fit_start()
+    assert torch.equal(task.cluster_centroids, before)
+    assert {"cluster_centroids", "clusters_fitted", "generator.code_bounds"} <= set(task.state_dict())
+
+
+def test_code_loss_trains_d_on_real_clusters_and_g_on_its_codes():
+    torch.manual_seed(0)
+    task = clustered_task()
+    images, kinds = three_kinds(12)
+    task.fit_clusters(images)
+    real = images.float() / 127.5 - 1
+    codes = nearest(real.flatten(1), task.cluster_centroids)
+    task.discriminator.eval()  # spectral norm's power iteration stands still between the calls
+    logits, loss = task._discriminate(real, codes)
+    _, code_logits = task.discriminator.forward_with_code_logits(real, codes)
+    assert torch.allclose(loss, F.cross_entropy(code_logits, codes))
+    assert task._discriminate(real, codes, class_loss=False)[1] is None  # D's step on fakes: no code loss
+    z = torch.randn(4, 8)
+    _, g_loss = task._discriminate(task.generator(z), task.generator.code(z))
+    g_loss.backward()
+    assert all(p.grad is not None for p in task.generator.parameters())
+
+
+def test_settings_are_config_errors():
+    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K)
+    q_d = dcgan.Discriminator(1, 28, width=4, code_classes=K)  # InfoGAN's Q head
+    with pytest.raises(ConfigError, match="model.latent_code=clusters but the discriminator's latent_code is infogan"):
+        GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="clusters")
+    with pytest.raises(ConfigError, match="model.latent_code=labels is not a kind of latent code; use one of: infogan, clusters"):
+        GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="labels")
+
+
+def test_config_ties_the_code_kind_to_the_discriminator():
+    root = OmegaConf.create({"model": OmegaConf.load(config_dir() / "model" / "dcgan.yaml")})
+    assert root.model.latent_code == "infogan"
+    root.model.latent_code_classes, root.model.latent_code = 4, "clusters"
+    bind_data(root.model, DataInfo(name="digits", channels=1, image_size=(28, 28), class_names=tuple("0123456789")))
+    task = build(root.model, "model")
+    assert task.self_conditioned and task.discriminator.conditioned and task.cluster_centroids.shape == (4, 28 * 28)
+
+
+def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
+    run = tmp_path / "run"
+    result = segen(
+        "train", "model=dcgan", "data=mnist", f"data.data_dir={mnist_root}", "data.download=false", "data.val_split=50",
+        "debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8",
+        "model.latent_code_classes=4", "model.latent_code=clusters", "model.generator.code_input=cbn",
+        f"hydra.run.dir={run}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Self-conditioning: 4 k-means clusters of" in result.stdout
+    sizes = torch.tensor(json.loads(re.search(r"clusters of \d+ training images, sizes (\[[\d, ]+\])", result.stdout).group(1)))
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert bool(state["clusters_fitted"]) and state["cluster_centroids"].shape == (4, 28 * 28)
+    g = dcgan.Generator(1, 28, latent_dim=100, width=8, code_classes=4, code_input="cbn")
+    g.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
+    assert torch.allclose(g.code_prior().float(), sizes.float() / sizes.sum(), atol=1e-6)  # codes drawn as often as clusters hold images
+    out = tmp_path / "samples"
+    result = segen("sample", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=8", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "grid.png").is_file() and len(list(out.rglob("*.png"))) == 8 + 1  # one PNG per image, and the grid
