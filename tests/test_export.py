@@ -58,7 +58,7 @@ def unet_task():
     return SegmentationTask(perturb_batchnorm(net), optimizer=partial(torch.optim.SGD, lr=0.1))
 
 
-def gan_task(conditional: bool, ema: float | None = None, code: int | None = None, code_input: str = "concat"):
+def gan_task(conditional: bool, ema: float | None = None, code: int | None = None, code_input: str = "concat", latent_code: str = "infogan"):
     from segen.tasks.gan import GANTask
 
     if conditional:
@@ -68,9 +68,11 @@ def gan_task(conditional: bool, ema: float | None = None, code: int | None = Non
     else:
         from segen.models.dcgan import Discriminator, Generator
 
-        gen, disc = Generator(3, 32, latent_dim=16, width=8, code_classes=code, code_input=code_input), Discriminator(3, 32, width=8, code_classes=code)
+        gen, disc = Generator(3, 32, latent_dim=16, width=8, code_classes=code, code_input=code_input), Discriminator(3, 32, width=8, code_classes=code, latent_code=latent_code)
     adam = partial(torch.optim.Adam, lr=2e-4)
-    task = GANTask(perturb_batchnorm(gen), disc, adam, adam, ema_decay=ema, latent_code_classes=code)
+    task = GANTask(perturb_batchnorm(gen), disc, adam, adam, ema_decay=ema, latent_code_classes=code, latent_code=latent_code)
+    if latent_code == "clusters":  # as fitted: codes drawn as often as their clusters hold images
+        task.sampler.set_code_prior(torch.tensor(CLUSTER_PRIOR))
     if ema is not None:  # the EMA copy differs from the live generator: export must pick it
         with torch.no_grad():
             for p in task.generator_ema.parameters():
@@ -78,6 +80,7 @@ def gan_task(conditional: bool, ema: float | None = None, code: int | None = Non
     return task
 
 
+CLUSTER_PRIOR = [0.1, 0.3, 0.2, 0.25, 0.15]
 TASKS = {
     "cnn": cnn_task,
     "unet": unet_task,
@@ -85,6 +88,7 @@ TASKS = {
     "dcgan_ema": partial(gan_task, False, 0.999),
     "dcgan_code": partial(gan_task, False, 0.999, 5),  # InfoGAN's code, read from the noise inside the file
     "dcgan_code_cbn": partial(gan_task, False, None, 5, "cbn"),
+    "dcgan_code_clusters": partial(gan_task, False, 0.999, 5, "cbn", "clusters"),  # self-conditioning
     "cgan": partial(gan_task, True),
 }
 
@@ -102,6 +106,8 @@ def test_exported_file_matches_pytorch_on_another_batch(kind, fmt, tmp_path):
         assert spec.sidecar["latent_dim"] == 16 and spec.sidecar["output"]["value_range"] == [-1.0, 1.0]
     if kind.startswith("dcgan_code"):
         assert spec.input_names == ["noise"] and spec.sidecar["latent_code"]["classes"] == 5
+        uniform = kind != "dcgan_code_clusters"
+        assert spec.sidecar["latent_code"]["prior"] == pytest.approx([0.2] * 5 if uniform else CLUSTER_PRIOR, abs=1e-6)
     if kind == "cgan":
         assert spec.input_names == ["noise", "labels"] and spec.sidecar["class_names"] == list(SHAPES.info.class_names)
 

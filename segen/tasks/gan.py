@@ -391,9 +391,13 @@ class GANTask(Task):
             "ema": self.ema_decay is not None,
         }
         if self.code_classes is not None:
+            prior = self.sampler.code_prior()
             sidecar["latent_code"] = {
                 "classes": self.code_classes,
-                "source": "the last noise entry u: code = floor(classes * Phi(u)), Phi the standard normal CDF (InfoGAN)",
+                "kind": self.latent_code,
+                "source": "the last noise entry u: code = the k with prior[0] + ... + prior[k-1] <= Phi(u) < prior[0] + ... + prior[k], "
+                "Phi the standard normal CDF (a uniform prior: floor(classes * Phi(u)))",
+                "prior": [round(float(p), 6) for p in prior],
             }
         if self.conditional:
             sidecar["labels"] = {"name": "labels", "shape": ["batch"], "dtype": "int64", "range": [0, self.num_classes - 1]}
