@@ -104,31 +104,86 @@ def test_clustered_discriminator_projects_the_code():
         dcgan.Discriminator(1, 28, width=4, code_classes=K, latent_code="labels")
 
 
-def test_fit_clusters_sets_centroids_prior_and_real_codes():
+class FakeTrainer:
+    """What the clustering hooks read from a trainer: one process, the data, the epochs."""
+
+    def __init__(self, images: torch.Tensor, max_epochs: int = 8):
+        self.is_global_zero, self.max_epochs, self.current_epoch = True, max_epochs, 0
+        self.datamodule = type("Data", (), {"split_images": staticmethod(lambda split: images)})()
+        self.strategy = type("Strategy", (), {"broadcast": staticmethod(lambda obj, src=0: obj)})()
+
+
+def attach(task: GANTask, trainer: FakeTrainer) -> None:
+    task._trainer = trainer
+
+
+def test_fit_at_start_sets_clusters_prior_and_real_codes(capsys):
     task = clustered_task(ema_decay=0.99)
     images, kinds = three_kinds()
-    task.fit_clusters(images)
-    assert bool(task.clusters_fitted)
+    attach(task, FakeTrainer(images))
+    task.on_fit_start()
+    assert bool(task.clusters.fitted)
+    assert "Self-conditioning: 3 k-means clusters of 90 training images (pixels), sizes" in capsys.readouterr().out
     real = images.float() / 127.5 - 1  # what a training batch holds
-    codes = nearest(real.flatten(1), task.cluster_centroids)
+    codes = task.clusters.assign(real)
     assert same_partition(codes, kinds)
     sizes = torch.bincount(codes, minlength=K).float() / len(codes)
     for net in (task.generator, task.generator_ema):
         assert torch.allclose(net.code_prior().float(), sizes, atol=1e-6)
-    # A resumed run has its clusters: on_fit_start does not refit (nor need the data).
-    before = task.cluster_centroids.clone()
+    # A resumed run has its clusters: on_fit_start does not refit.
+    before = task.clusters.pixel_centroids.clone()
+    attach(task, FakeTrainer(torch.zeros(90, 1, 28, 28, dtype=torch.uint8)))
     task.on_fit_start()
-    assert torch.equal(task.cluster_centroids, before)
-    assert {"cluster_centroids", "clusters_fitted", "generator.code_bounds"} <= set(task.state_dict())
+    assert torch.equal(task.clusters.pixel_centroids, before)
+    assert {"clusters.pixel_centroids", "clusters.fitted", "generator.code_bounds"} <= set(task.state_dict())
+
+
+def test_recluster_on_discriminator_features_keeps_codes_matched():
+    torch.manual_seed(0)
+    task = clustered_task(recluster_at=[0.5])
+    images, kinds = three_kinds()
+    trainer = FakeTrainer(images, max_epochs=8)
+    attach(task, trainer)
+    task.on_fit_start()
+    real = images.float() / 127.5 - 1
+    pixel_codes = task.clusters.assign(real)
+    trainer.current_epoch = 2
+    task._recluster_if_due()
+    assert int(task.clusters.refits) == 0  # not yet: due after epoch 4 of 8
+    trainer.current_epoch = 3
+    task._recluster_if_due()
+    assert int(task.clusters.refits) == 1 and int(task.clusters.space) == 1
+    # The encoder is a frozen copy of D's feature layers: same outputs, no gradients, eval mode.
+    task.discriminator.eval()
+    with torch.no_grad():
+        assert torch.allclose(task.clusters.encoder(real[:4]), task.discriminator.features(real[:4]), atol=1e-5)
+    assert not any(p.requires_grad for p in task.clusters.encoder.parameters())
+    task.train()
+    assert not task.clusters.encoder.training
+    # Codes keep their meaning where the clusters agree (here: three obvious kinds, so everywhere).
+    feature_codes = task.clusters.assign(real)
+    assert (feature_codes == pixel_codes).float().mean() > 0.9
+    trainer.current_epoch = 7
+    task._recluster_if_due()
+    assert int(task.clusters.refits) == 1  # one refit was asked for
+
+
+def test_match_clusters_keeps_the_most_images_on_their_code():
+    from segen.tasks.clusters import match_clusters
+
+    before = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    after = torch.tensor([2, 2, 1, 0, 0, 1, 1, 1])  # new 2 = old 0, new 0 = old 1, new 1 = old 2
+    assert match_clusters(before, after, 3).tolist() == [2, 0, 1]
 
 
 def test_code_loss_trains_d_on_real_clusters_and_g_on_its_codes():
     torch.manual_seed(0)
     task = clustered_task()
     images, kinds = three_kinds(12)
-    task.fit_clusters(images)
+    attach(task, FakeTrainer(images))
+    task.on_fit_start()
     real = images.float() / 127.5 - 1
-    codes = nearest(real.flatten(1), task.cluster_centroids)
+    codes = task.clusters.assign(real)
     task.discriminator.eval()  # spectral norm's power iteration stands still between the calls
     logits, loss = task._discriminate(real, codes)
     _, code_logits = task.discriminator.forward_with_code_logits(real, codes)
@@ -147,6 +202,10 @@ def test_settings_are_config_errors():
         GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="clusters")
     with pytest.raises(ConfigError, match="model.latent_code=labels is not a kind of latent code; use one of: infogan, clusters"):
         GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="labels")
+    with pytest.raises(ConfigError, match="model.recluster_at needs self-conditioning"):
+        GANTask(g, q_d, adam, adam, latent_code_classes=K, recluster_at=[0.5])
+    with pytest.raises(ConfigError, match="fractions of the run's epochs between 0 and 1"):
+        clustered_task(recluster_at=[1.5])
 
 
 def test_config_ties_the_code_kind_to_the_discriminator():
@@ -155,7 +214,10 @@ def test_config_ties_the_code_kind_to_the_discriminator():
     root.model.latent_code_classes, root.model.latent_code = 4, "clusters"
     bind_data(root.model, DataInfo(name="digits", channels=1, image_size=(28, 28), class_names=tuple("0123456789")))
     task = build(root.model, "model")
-    assert task.self_conditioned and task.discriminator.conditioned and task.cluster_centroids.shape == (4, 28 * 28)
+    assert task.self_conditioned and task.discriminator.conditioned and task.clusters.pixel_centroids.shape == (4, 28 * 28)
+    assert task.clusters.encoder is None  # no reclustering asked for
+    root.model.recluster_at = [0.25]
+    assert build(root.model, "model").clusters.encoder is not None
 
 
 def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
@@ -163,14 +225,16 @@ def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
     result = segen(
         "train", "model=dcgan", "data=mnist", f"data.data_dir={mnist_root}", "data.download=false", "data.val_split=50",
         "debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8",
-        "model.latent_code_classes=4", "model.latent_code=clusters", "model.generator.code_input=cbn",
+        "model.latent_code_classes=4", "model.latent_code=clusters", "model.generator.code_input=cbn", "model.recluster_at=[0.5]",
         f"hydra.run.dir={run}", cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Self-conditioning: 4 k-means clusters of" in result.stdout
-    sizes = torch.tensor(json.loads(re.search(r"clusters of \d+ training images, sizes (\[[\d, ]+\])", result.stdout).group(1)))
+    assert "Self-conditioning: reclustered on D's features after epoch 0" in result.stdout
+    # The code prior follows the newest clusters' sizes.
+    sizes = torch.tensor(json.loads(re.findall(r"sizes (\[[\d, ]+\])", result.stdout)[-1]))
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert bool(state["clusters_fitted"]) and state["cluster_centroids"].shape == (4, 28 * 28)
+    assert bool(state["clusters.fitted"]) and state["clusters.pixel_centroids"].shape == (4, 28 * 28) and int(state["clusters.refits"]) == 1
     g = dcgan.Generator(1, 28, latent_dim=100, width=8, code_classes=4, code_input="cbn")
     g.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
     assert torch.allclose(g.code_prior().float(), sizes.float() / sizes.sum(), atol=1e-6)  # codes drawn as often as clusters hold images

@@ -38,8 +38,8 @@ from segen.console import note
 from segen.errors import ConfigError
 from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
+from segen.tasks.clusters import ImageClusters
 from segen.tasks.diffaugment import diff_augment, parse_policy
-from segen.tasks.kmeans import kmeans, nearest
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
@@ -111,6 +111,7 @@ class GANTask(Task):
         class_loss_weight: float = 0.0,
         latent_code_classes: int | None = None,
         latent_code: str = "infogan",
+        recluster_at: Sequence[float] = (),
         code_loss_weight: float = 1.0,
         augment: Sequence[str] | str | None = None,
         grid_rows: int = 8,
@@ -146,6 +147,11 @@ class GANTask(Task):
                 f"model.latent_code={latent_code} but the discriminator's latent_code is {getattr(discriminator, 'latent_code', None)}; "
                 "set both alike (configs/model/dcgan.yaml ties them)"
             )
+        recluster_at = sorted(float(f) for f in recluster_at or ())
+        if recluster_at and (latent_code != "clusters" or latent_code_classes is None):
+            raise ConfigError("model.recluster_at needs self-conditioning: model.latent_code=clusters and model.latent_code_classes=K")
+        if any(not 0 < f < 1 for f in recluster_at):
+            raise ConfigError(f"model.recluster_at takes fractions of the run's epochs between 0 and 1, got {recluster_at}")
         if latent_code_classes is not None and getattr(generator, "num_classes", None) is not None:
             raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
         if code_loss_weight < 0:
@@ -160,13 +166,12 @@ class GANTask(Task):
         self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
         self.class_loss_weight = class_loss_weight
         self.code_classes, self.code_loss_weight = latent_code_classes, code_loss_weight
-        self.latent_code = latent_code
+        self.latent_code, self.recluster_at = latent_code, recluster_at
         if self.self_conditioned:
-            # k-means centroids of the training images (fitted at the start of training, then
-            # saved with the weights): each real image's code is its nearest centroid.
-            features = generator.channels * generator.image_size**2
-            self.register_buffer("cluster_centroids", torch.zeros(latent_code_classes, features))
-            self.register_buffer("clusters_fitted", torch.zeros((), dtype=torch.bool))
+            # Each real image's code is its cluster: fitted when training starts (on pixels),
+            # refitted on D's features at `recluster_at`; saved with the weights.
+            shape = (generator.channels, generator.image_size, generator.image_size)
+            self.clusters = ImageClusters(latent_code_classes, shape, encoder=discriminator.features if recluster_at else None)
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
@@ -245,7 +250,7 @@ class GANTask(Task):
         # The fakes' latent codes (InfoGAN), which Q must read back; None without a code.
         codes = self.generator.code(z) if self.code_classes is not None else None
         if self.self_conditioned:  # real images' codes: their clusters
-            labels = nearest(real.flatten(1), self.cluster_centroids)
+            labels = self.clusters.assign(real)
 
         d_real, class_loss_real = self._discriminate(real, labels)
         d_fake, code_loss_d = self._discriminate(fake.detach(), codes if codes is not None else labels, class_loss=False)
@@ -289,34 +294,45 @@ class GANTask(Task):
         return d_loss
 
     def on_fit_start(self) -> None:
-        if self.self_conditioned and not self.clusters_fitted:  # a resumed run has its clusters already
-            self.fit_clusters(self.trainer.datamodule.split_images("train"))
+        if self.self_conditioned and not self.clusters.fitted:  # a resumed run has its clusters already
+            sizes = self._follow_clusters(self.clusters.fit(self._cluster_images(), MAX_CLUSTER_IMAGES))
+            self._say(f"Self-conditioning: {self.code_classes} k-means clusters of {int(sizes.sum())} training images (pixels), sizes {sizes.tolist()}")
 
-    @torch.no_grad()
-    def fit_clusters(self, images: torch.Tensor) -> None:
-        """k-means of uint8 training images `(N, C, H, W)` into the code's K clusters; G then
-        draws each code as often as its cluster holds training images.
+    def _recluster_if_due(self) -> None:
+        """Refit the clusters on D's features at each `recluster_at` fraction of the run's epochs."""
+        done = int(self.clusters.refits)
+        if done >= len(self.recluster_at) or not self.trainer.max_epochs or self.trainer.max_epochs < 1:
+            return
+        if self.current_epoch + 1 < round(self.recluster_at[done] * self.trainer.max_epochs):
+            return
+        sizes, changed = self.clusters.refit(self.discriminator.features, self._cluster_images(), MAX_CLUSTER_IMAGES)
+        sizes = self._follow_clusters(sizes)
+        self._say(
+            f"Self-conditioning: reclustered on D's features after epoch {self.current_epoch}: "
+            f"{changed:.1%} of the images changed code, sizes {sizes.tolist()}"
+        )
 
-        Pixels in G's range and size, as the real batches reach D; at most
-        MAX_CLUSTER_IMAGES images (a seeded subset) fit the centroids, all of them count the sizes.
-        """
+    def _cluster_images(self) -> torch.Tensor:
+        """The training images as D sees them: in [-1, 1], at G's size, on this device."""
+        x = self.trainer.datamodule.split_images("train").to(self.device).float() / 127.5 - 1
         size = self.generator.image_size
-        x = images.float() / 127.5 - 1
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.flatten(1)
-        subset = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:MAX_CLUSTER_IMAGES]
-        centroids = kmeans(x[subset], self.code_classes, seed=0)
-        if self._trainer is not None:  # every rank takes rank 0's clusters
-            centroids = self.trainer.strategy.broadcast(centroids, src=0)
-        sizes = torch.bincount(nearest(x, centroids), minlength=self.code_classes)
-        self.cluster_centroids.copy_(centroids)
-        self.clusters_fitted.fill_(True)
+        return x
+
+    def _follow_clusters(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Every rank takes rank 0's clusters; G draws each code as often as its cluster holds
+        training images. Returns the sizes (rank 0's)."""
+        state, sizes = self.trainer.strategy.broadcast((self.clusters.state_dict(), sizes.cpu()), src=0)
+        self.clusters.load_state_dict(state)
         for net in (self.generator, getattr(self, "generator_ema", None)):
             if net is not None:
-                net.set_code_prior(sizes.float() / len(x))
-        if self._trainer is None or self.trainer.is_global_zero:
-            note(f"Self-conditioning: {self.code_classes} k-means clusters of {len(x)} training images, sizes {sizes.tolist()}")
+                net.set_code_prior(sizes.float() / sizes.sum())
+        return sizes
+
+    def _say(self, text: str) -> None:
+        if self.trainer.is_global_zero:
+            note(text)
 
     def _update_ema(self) -> None:
         update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
@@ -348,6 +364,8 @@ class GANTask(Task):
         return torch.cat(out)
 
     def on_train_epoch_end(self) -> None:
+        if self.self_conditioned and self.recluster_at:  # on every rank: they must keep the same clusters
+            self._recluster_if_due()
         if not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
         noise = self.grid_noise

@@ -1,0 +1,108 @@
+"""The image clusters a self-conditioned GAN uses as its latent code (Liu et al. 2020).
+
+Self-conditioning ("Diverse Image Generation via Self-Conditioned GANs", CVPR 2020) labels
+every training image with its k-means cluster and trains a conditional GAN on those labels:
+the generator draws a cluster, then an image of that cluster. That is a discrete choice of
+mode, where a continuous noise alone has to blend modes (a 4 into a 9) somewhere in between.
+
+`ImageClusters` holds the clustering and labels any batch with it:
+- first in pixel space (the images as D sees them), fitted when training starts;
+- then, optionally, on the discriminator's features (`refit`), as the paper reclusters during
+  training: a frozen snapshot of D's feature layers becomes the encoder, so real images keep
+  the same code between refits. Each refit's clusters are matched to the previous ones by
+  overlap (the Hungarian method), so code k keeps meaning what it meant for the generator.
+Everything is kept in the task's state_dict, so a resumed run continues with the same clusters.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segen.tasks.kmeans import kmeans, nearest
+
+PIXELS, ENCODER = 0, 1  # the feature space the centroids live in
+BATCH = 512  # images per encoder pass while refitting
+
+
+class ImageClusters(nn.Module):
+    """k-means clusters of images `(N, C, S, S)` in [-1, 1]; `assign(images)` -> codes `(N,)`."""
+
+    def __init__(self, k: int, image_shape: tuple[int, int, int], encoder: nn.Module | None = None):
+        super().__init__()
+        self.k = k
+        self.register_buffer("pixel_centroids", torch.zeros(k, int(torch.tensor(image_shape).prod())))
+        self.register_buffer("space", torch.tensor(PIXELS))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("refits", torch.zeros((), dtype=torch.long))  # how many refits are done
+        self.encoder = None
+        if encoder is not None:  # a frozen copy, overwritten with D's weights at each refit
+            self.encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+            with torch.no_grad():
+                dim = self.encoder(torch.zeros(1, *image_shape)).numel()
+            self.register_buffer("encoder_centroids", torch.zeros(k, dim))
+
+    def train(self, mode: bool = True):
+        """The encoder stays in eval mode: its BatchNorm statistics and spectral norms are frozen."""
+        super().train(mode)
+        if self.encoder is not None:
+            self.encoder.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """`(N, D)`: pixels, or the encoder's feature map flattened to unit length."""
+        if self.space == ENCODER:
+            return F.normalize(self.encoder(images).flatten(1), dim=1)
+        return images.flatten(1)
+
+    def centroids(self) -> torch.Tensor:
+        return self.encoder_centroids if self.space == ENCODER else self.pixel_centroids
+
+    @torch.no_grad()
+    def assign(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image's code: the index of its nearest centroid."""
+        out = [nearest(self.features(chunk), self.centroids()) for chunk in images.split(BATCH)]
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor, fit_on: int, seed: int = 0) -> torch.Tensor:
+        """k-means in pixel space on a seeded subset of `fit_on` images; returns the cluster sizes `(k,)` over all."""
+        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:fit_on]
+        self.pixel_centroids.copy_(kmeans(images[subset].flatten(1), self.k, seed=seed))
+        self.space.fill_(PIXELS)
+        self.fitted.fill_(True)
+        return torch.bincount(self.assign(images), minlength=self.k)
+
+    @torch.no_grad()
+    def refit(self, features_of: nn.Module, images: torch.Tensor, fit_on: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+        """Recluster on `features_of`'s features (D's feature layers, copied into the encoder).
+
+        Returns the new cluster sizes `(k,)` and the share of images whose code changed.
+        """
+        if self.encoder is None:
+            raise ValueError("refit needs an encoder (ImageClusters(..., encoder=D's feature layers))")
+        before = self.assign(images)
+        self.encoder.load_state_dict(features_of.state_dict())
+        self.space.fill_(ENCODER)
+        features = torch.cat([self.features(chunk) for chunk in images.split(BATCH)])
+        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:fit_on]
+        centroids = kmeans(features[subset].cpu(), self.k, seed=seed).to(features.device)
+        after = nearest(features, centroids)
+        order = match_clusters(before, after, self.k)  # new cluster order[j] takes old code j
+        self.encoder_centroids.copy_(centroids[order])
+        self.refits += 1
+        codes = self.assign(images)
+        return torch.bincount(codes, minlength=self.k), float((codes != before).float().mean())
+
+
+def match_clusters(before: torch.Tensor, after: torch.Tensor, k: int) -> torch.Tensor:
+    """`order` `(k,)` with new cluster order[j] given old code j, maximizing the images that keep their code."""
+    from scipy.optimize import linear_sum_assignment
+
+    overlap = torch.zeros(k, k, dtype=torch.long)
+    overlap.index_put_((before.cpu(), after.cpu()), torch.ones(len(before), dtype=torch.long), accumulate=True)
+    rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
+    return torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
