@@ -23,6 +23,11 @@ code through conditional BatchNorm instead (a scale and shift per code value in 
 layer, as cgan feeds its labels), so that it acts at every resolution. Because the
 code is a function of the noise, the generator still maps N(0, 1) noise `(N, latent_dim)` to
 images, so everything that samples or exports it is unchanged.
+
+Self-conditioning (Liu et al. 2020) uses the same code with another meaning: code k is the
+k-th k-means cluster of the training images (segen/tasks/clusters.py), drawn as often as the
+cluster holds images (`set_code_prior`), and the discriminator (`latent_code="clusters"`) is
+conditioned on it by projection instead of predicting it, with real images coded by cluster.
 """
 
 from __future__ import annotations

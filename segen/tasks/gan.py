@@ -12,6 +12,13 @@ With `latent_code_classes=K` (dcgan), the generator's noise carries InfoGAN's ca
 (Chen et al. 2016; segen/models/dcgan.py) and D's head Q learns to read it back from fakes:
 `code_loss_weight` x Q's cross-entropy is added to D's loss (training D's features and Q) and
 to G's (G keeps the code recognizable). Unsupervised: the code need not match any label.
+With `latent_code=clusters` the code is instead each image's k-means cluster (self-conditioning,
+Liu et al. 2020; segen/tasks/clusters.py): fitted on the training images' pixels when training
+starts, optionally refitted on D's features (`recluster_at`); real images carry their cluster,
+D is conditioned on the code by projection, and the code's cross-entropy is the dual
+projection term above, on clusters instead of labels. No labels are used either.
+
+With `augment` (DiffAugment, segen/tasks/diffaugment.py) every image D sees is augmented.
 
 Training uses manual optimization (Lightning 2 has no automatic mode for two optimizers):
 every batch takes one discriminator step, and every `d_steps`-th batch also a generator step.
