@@ -16,10 +16,11 @@ from test_gan import check_run
 
 # What each recipe sets that `debug=smoke` leaves alone.
 RECIPES = {
-    ("dcgan", "mnist"): {
-        "model.loss": "bce", "model.discriminator.norm": "batch", "model.ema_decay": 0.999, "model.d_steps": 1,
-        "model.generator.width": 32, "model.discriminator.width": 32, "model.latent_code_classes": None,
-        "model.optimizer_g.lr": 0.0004, "model.optimizer_d.lr": 0.0004,
+    ("dcgan", "mnist"): {  # self-conditioned on 10 pixel clusters
+        "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.d_steps": 1,
+        "model.generator.width": 32, "model.discriminator.width": 32, "model.latent_code_classes": 10,
+        "model.latent_code": "clusters", "model.code_loss_weight": 2.0, "model.generator.code_input": "cbn",
+        "model.recluster_at": [], "model.optimizer_g.lr": 0.0004, "model.optimizer_d.lr": 0.0004,
     },
     ("cgan", "mnist"): {
         "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.class_loss_weight": 1.0,
@@ -52,7 +53,9 @@ def test_recipe_trains_end_to_end_on_the_fixture(model, data, tmp_path, request)
     root = request.getfixturevalue(f"{data}_root")
     run, result = train(tmp_path, "run", model, data, root)
     size, channels = (28, 1) if data == "mnist" else (32, 3)
-    check_run(result, run, rows=10 if model == "cgan" else 8, size=size, channels=channels)
+    # One grid row per class (cgan) or per latent code (the self-conditioned MNIST dcgan).
+    rows = 10 if model == "cgan" or (model, data) == ("dcgan", "mnist") else 8
+    check_run(result, run, rows=rows, size=size, channels=channels)
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     for key, value in RECIPES[(model, data)].items():
         assert OmegaConf.select(cfg, key) == value, key
@@ -60,6 +63,9 @@ def test_recipe_trains_end_to_end_on_the_fixture(model, data, tmp_path, request)
     assert any(k.startswith("generator_ema.") for k in state) and int(state["ema_updates"]) >= 1
     spectral = any("parametrizations.weight.original" in k for k in state if k.startswith("discriminator."))
     assert spectral == (RECIPES[(model, data)]["model.discriminator.norm"] == "spectral")
+    if RECIPES[(model, data)].get("model.latent_code") == "clusters":  # fitted at the start, kept in the checkpoint
+        assert bool(state["clusters.fitted"]) and state["clusters.pixel_centroids"].shape == (10, size * size * channels)
+        assert "Self-conditioning: 10 k-means clusters of" in result.stdout
 
 
 @pytest.mark.parametrize("model", ["dcgan", "cgan"])
