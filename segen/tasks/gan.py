@@ -74,6 +74,31 @@ def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake).mean()
 
 
+def check_latent_code(generator, discriminator, classes: int | None, kind: str, recluster_at) -> list[float]:
+    """ConfigError unless the task's latent code settings and the two nets agree; returns `recluster_at` sorted."""
+    code_classes = (getattr(generator, "code_classes", None), getattr(discriminator, "code_classes", None))
+    if code_classes != (classes, classes):
+        raise ConfigError(
+            f"model.latent_code_classes={classes} but the generator's code_classes is {code_classes[0]} and the "
+            f"discriminator's {code_classes[1]}; set all three alike (configs/model/dcgan.yaml ties them to latent_code_classes)"
+        )
+    if kind not in LATENT_CODES:
+        raise ConfigError(f"model.latent_code={kind} is not a kind of latent code; use one of: {', '.join(LATENT_CODES)}")
+    if classes is not None and getattr(discriminator, "latent_code", None) != kind:
+        raise ConfigError(
+            f"model.latent_code={kind} but the discriminator's latent_code is {getattr(discriminator, 'latent_code', None)}; "
+            "set both alike (configs/model/dcgan.yaml ties them)"
+        )
+    recluster_at = sorted(float(f) for f in recluster_at or ())
+    if recluster_at and (kind != "clusters" or classes is None):
+        raise ConfigError("model.recluster_at needs self-conditioning: model.latent_code=clusters and model.latent_code_classes=K")
+    if any(not 0 < f < 1 for f in recluster_at):
+        raise ConfigError(f"model.recluster_at takes fractions of the run's epochs between 0 and 1, got {recluster_at}")
+    if classes is not None and getattr(generator, "num_classes", None) is not None:
+        raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
+    return recluster_at
+
+
 @torch.no_grad()
 def update_ema(average: nn.Module, live: nn.Module, decay: float, updates: torch.Tensor) -> None:
     """One step of an exponential moving average of `live`'s weights into `average`.
@@ -141,26 +166,7 @@ class GANTask(Task):
                 "model.class_loss_weight > 0 needs model.discriminator.conditioning=projection (its class embeddings "
                 "are the classifier); add model.class_loss_weight=0 to use another conditioning"
             )
-        code_classes = (getattr(generator, "code_classes", None), getattr(discriminator, "code_classes", None))
-        if code_classes != (latent_code_classes, latent_code_classes):
-            raise ConfigError(
-                f"model.latent_code_classes={latent_code_classes} but the generator's code_classes is {code_classes[0]} and the "
-                f"discriminator's {code_classes[1]}; set all three alike (configs/model/dcgan.yaml ties them to latent_code_classes)"
-            )
-        if latent_code not in LATENT_CODES:
-            raise ConfigError(f"model.latent_code={latent_code} is not a kind of latent code; use one of: {', '.join(LATENT_CODES)}")
-        if latent_code_classes is not None and getattr(discriminator, "latent_code", None) != latent_code:
-            raise ConfigError(
-                f"model.latent_code={latent_code} but the discriminator's latent_code is {getattr(discriminator, 'latent_code', None)}; "
-                "set both alike (configs/model/dcgan.yaml ties them)"
-            )
-        recluster_at = sorted(float(f) for f in recluster_at or ())
-        if recluster_at and (latent_code != "clusters" or latent_code_classes is None):
-            raise ConfigError("model.recluster_at needs self-conditioning: model.latent_code=clusters and model.latent_code_classes=K")
-        if any(not 0 < f < 1 for f in recluster_at):
-            raise ConfigError(f"model.recluster_at takes fractions of the run's epochs between 0 and 1, got {recluster_at}")
-        if latent_code_classes is not None and getattr(generator, "num_classes", None) is not None:
-            raise ConfigError("model.latent_code_classes is for the unconditional model=dcgan; model=cgan already takes labels")
+        recluster_at = check_latent_code(generator, discriminator, latent_code_classes, latent_code, recluster_at)
         if code_loss_weight < 0:
             raise ConfigError(f"model.code_loss_weight must be >= 0, got {code_loss_weight}")
         try:
