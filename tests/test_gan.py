@@ -72,7 +72,7 @@ def test_ema_trails_the_generator_and_checkpoints_load_weights_only(tmp_path):
         for p in task.generator.parameters():
             p.add_(1.0)
     for _ in range(3):
-        task._update_ema()
+        task.step_ema()
     live, ema = next(task.generator.parameters()), next(task.generator_ema.parameters())
     assert not torch.equal(live, ema) and int(task.ema_updates) == 3
     assert all(not p.requires_grad for p in task.generator_ema.parameters())

@@ -32,7 +32,6 @@ as best.ckpt, the same as last.ckpt. Progress is watched in `<run dir>/samples/e
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
 from segen.tasks.clusters import ImageClusters
 from segen.tasks.diffaugment import diff_augment, parse_policy
+from segen.tasks.ema import GeneratorEMA, check_ema_decay
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
@@ -99,27 +99,7 @@ def check_latent_code(generator, discriminator, classes: int | None, kind: str, 
     return recluster_at
 
 
-@torch.no_grad()
-def update_ema(average: nn.Module, live: nn.Module, decay: float, updates: torch.Tensor) -> None:
-    """One step of an exponential moving average of `live`'s weights into `average`.
-
-    Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates=...): early on, the
-    average follows fast instead of dragging the random initial weights along. `updates` is a
-    counter buffer of the task (saved in checkpoints, so a resumed run continues the warm-up).
-    """
-    updates += 1
-    n = float(updates)
-    decay = min(decay, (1 + n) / (10 + n))
-    for ema, weight in zip(average.parameters(), live.parameters(), strict=True):
-        ema.lerp_(weight, 1 - decay)
-    for ema, buffer in zip(average.buffers(), live.buffers(), strict=True):
-        if ema.is_floating_point():  # BatchNorm running statistics
-            ema.lerp_(buffer, 1 - decay)
-        else:  # counters
-            ema.copy_(buffer)
-
-
-class GANTask(Task):
+class GANTask(GeneratorEMA, Task):
     """Trains `generator` against `discriminator`; samples with the EMA generator when it has one.
 
     Logs `train/d_loss`, `train/g_loss`, and `train/d_real`, `train/d_fake`: D's mean output
@@ -155,8 +135,7 @@ class GANTask(Task):
             raise ConfigError(f"model.loss={loss} is not a GAN loss; use one of: {', '.join(LOSSES)}")
         if d_steps < 1:
             raise ConfigError(f"model.d_steps must be >= 1 (discriminator steps per generator step), got {d_steps}")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        check_ema_decay(ema_decay)
         if class_loss_weight < 0:
             raise ConfigError(f"model.class_loss_weight must be >= 0, got {class_loss_weight}")
         if class_loss_weight > 0 and not hasattr(discriminator, "forward_with_class_logits"):
@@ -176,7 +155,7 @@ class GANTask(Task):
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
-        self.loss, self.d_steps, self.ema_decay = loss, d_steps, ema_decay
+        self.loss, self.d_steps = loss, d_steps
         self.class_loss_weight = class_loss_weight
         self.code_classes, self.code_loss_weight = latent_code_classes, code_loss_weight
         self.latent_code, self.recluster_at = latent_code, recluster_at
@@ -188,10 +167,7 @@ class GANTask(Task):
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
-        if ema_decay is not None:
-            # A frozen copy whose weights trail the generator's; saved in the state_dict.
-            self.generator_ema = copy.deepcopy(generator).requires_grad_(False).eval()
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.init_ema(ema_decay)
         # Fixed noise (and labels: one row per class; or per latent code value) for the per-epoch
         # grid, the same every run.
         rows = self.num_classes or self.code_classes or grid_rows
@@ -212,11 +188,6 @@ class GANTask(Task):
     def self_conditioned(self) -> bool:
         """Whether the latent code is the images' k-means cluster (Liu et al. 2020), not InfoGAN's."""
         return self.code_classes is not None and self.latent_code == "clusters"
-
-    @property
-    def sampler(self) -> nn.Module:
-        """The generator used for samples: the EMA copy when there is one."""
-        return self.generator_ema if self.ema_decay is not None else self.generator
 
     def _generate(self, net: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         return net(z, labels) if self.conditional else net(z)
@@ -296,8 +267,7 @@ class GANTask(Task):
             self.manual_backward(g_loss)
             opt_g.step()
             self.discriminator.requires_grad_(True)
-            if self.ema_decay is not None:
-                self._update_ema()
+            self.step_ema()
             if log_now:
                 self.log("train/g_loss", g_loss, prog_bar=True)
                 if class_loss_fake is not None:
@@ -346,9 +316,6 @@ class GANTask(Task):
     def _say(self, text: str) -> None:
         if self.trainer.is_global_zero:
             note(text)
-
-    def _update_ema(self) -> None:
-        update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
 
     def configure_optimizers(self):
         return [self.optimizer_g(params=self.generator.parameters()), self.optimizer_d(params=self.discriminator.parameters())]

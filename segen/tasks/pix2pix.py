@@ -15,7 +15,6 @@ null): `segen eval` scores them with a segmenter (the FCN-score, segen/evaluatio
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from torch import nn
 from segen.errors import ConfigError
 from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
-from segen.tasks.gan import LOSSES, discriminator_loss, generator_loss, update_ema
+from segen.tasks.ema import GeneratorEMA, check_ema_decay
+from segen.tasks.gan import LOSSES, discriminator_loss, generator_loss
 from segen.viz import to_uint8
 
 
@@ -42,7 +42,7 @@ class LinearDecay:
         return min(1.0, max(0.0, (self.total - epoch) / (self.decay + 1))) if self.decay > 0 else 1.0
 
 
-class Pix2PixTask(Task):
+class Pix2PixTask(GeneratorEMA, Task):
     """Trains `generator` (label maps -> images) against `discriminator` (label maps, images -> patch logits).
 
     Logs `train/d_loss`, `train/g_loss`, `train/g_adv`, `train/l1`, `train/d_real`, `train/d_fake`
@@ -77,24 +77,16 @@ class Pix2PixTask(Task):
             raise ConfigError(f"model.lambda_l1 must be >= 0, got {lambda_l1}")
         if decay_epochs < 0:
             raise ConfigError(f"model.decay_epochs must be >= 0, got {decay_epochs}")
-        if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ConfigError(f"model.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        check_ema_decay(ema_decay)
         self.automatic_optimization = False
         self.generator, self.discriminator = generator, discriminator
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
-        self.loss, self.lambda_l1, self.decay_epochs, self.ema_decay = loss, lambda_l1, decay_epochs, ema_decay
+        self.loss, self.lambda_l1, self.decay_epochs = loss, lambda_l1, decay_epochs
         self.grid_examples = grid_examples
         self.monitor, self.monitor_mode = monitor, monitor_mode  # read by configs/callbacks
         self.num_classes: int = generator.num_classes
-        if ema_decay is not None:
-            self.generator_ema = copy.deepcopy(generator).requires_grad_(False).eval()
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.init_ema(ema_decay)
         self._grid: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def sampler(self) -> nn.Module:
-        """The generator used for outputs: the EMA copy when there is one."""
-        return self.generator_ema if self.ema_decay is not None else self.generator
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -117,8 +109,7 @@ class Pix2PixTask(Task):
         self.manual_backward(g_loss)
         opt_g.step()
         self.discriminator.requires_grad_(True)
-        if self.ema_decay is not None:
-            update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
+        self.step_ema()
 
         if logging_this_step(self):
             probs = self.loss == "bce"
