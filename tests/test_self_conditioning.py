@@ -242,3 +242,12 @@ def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
     result = segen("sample", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=8", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "grid.png").is_file() and len(list(out.rglob("*.png"))) == 8 + 1  # one PNG per image, and the grid
+
+
+def test_more_clusters_than_training_images_is_a_one_line_error(segen, tmp_path):
+    result = segen(
+        "train", "model=dcgan", "data=shapes", "debug=smoke", "data.num_train=8", "model.latent_code_classes=10",
+        "model.latent_code=clusters", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model.latent_code_classes=10 clusters need at least as many training images, but the training split has 7" in result.stderr

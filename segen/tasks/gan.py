@@ -278,7 +278,13 @@ class GANTask(GeneratorEMA, Task):
 
     def on_fit_start(self) -> None:
         if self.self_conditioned and not self.clusters.fitted:  # a resumed run has its clusters already
-            sizes = self._follow_clusters(self.clusters.fit(self._cluster_images(), MAX_CLUSTER_IMAGES))
+            images = self._cluster_images()
+            if len(images) < self.code_classes:
+                raise ConfigError(
+                    f"model.latent_code_classes={self.code_classes} clusters need at least as many training images, but the "
+                    f"training split has {len(images)}; lower model.latent_code_classes or train on more images"
+                )
+            sizes = self._follow_clusters(self.clusters.fit(images, MAX_CLUSTER_IMAGES))
             self._say(f"Self-conditioning: {self.code_classes} k-means clusters of {int(sizes.sum())} training images (pixels), sizes {sizes.tolist()}")
 
     def _recluster_if_due(self) -> None:
