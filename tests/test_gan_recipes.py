@@ -18,7 +18,7 @@ from test_gan import check_run
 RECIPES = {
     ("dcgan", "mnist"): {  # self-conditioned on 10 pixel clusters
         "model.loss": "hinge", "model.discriminator.norm": "spectral", "model.ema_decay": 0.999, "model.d_steps": 1,
-        "model.generator.width": 32, "model.discriminator.width": 32, "model.latent_code_classes": 10,
+        "model.generator.width": 64, "model.discriminator.width": 32, "model.latent_code_classes": 10,
         "model.latent_code": "clusters", "model.code_loss_weight": 2.0, "model.generator.code_input": "cbn",
         "model.recluster_at": [], "model.optimizer_g.lr": 0.0004, "model.optimizer_d.lr": 0.0004,
     },
