@@ -106,6 +106,5 @@ class Discriminator(nn.Module):
         if self.conditioning != "projection":
             raise ValueError("class logits need conditioning='projection'")
         h = self.net.features(x)
-        class_logits = h.sum(dim=(2, 3)) @ self.embed.weight.t()
-        projection = class_logits.gather(1, labels[:, None]).squeeze(1)
-        return self.net.head(h).flatten() + projection, class_logits
+        term, class_logits = dcgan.projection(h, self.embed, labels)
+        return self.net.head(h).flatten() + term, class_logits

@@ -91,6 +91,16 @@ def down_block(in_ch: int, out_ch: int, batchnorm: bool = True, stride: int = 2,
     return layers
 
 
+def projection(features: torch.Tensor, embedding: nn.Embedding, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection discriminator's class term (Miyato & Koyama 2018): <embed(label), sum-pooled features>.
+
+    Returns (the term for each image's own label `(N,)`, the terms for every label `(N, K)`, which
+    are also class logits). Used by cgan's D on labels and by a self-conditioned D on clusters.
+    """
+    logits = features.sum(dim=(2, 3)) @ embedding.weight.t()
+    return logits.gather(1, labels[:, None]).squeeze(1), logits
+
+
 def spectral_normalize(module: nn.Module) -> nn.Module:
     """Spectral normalization (Miyato et al. 2018) on every conv, linear and embedding weight.
 
@@ -317,5 +327,5 @@ class Discriminator(nn.Module):
             return self.head(h).flatten(), self.code_head(h)
         if codes is None:
             raise ValueError("a self-conditioned discriminator needs the images' codes")
-        code_logits = h.sum(dim=(2, 3)) @ self.code_embed.weight.t()
-        return self.head(h).flatten() + code_logits.gather(1, codes[:, None]).squeeze(1), code_logits
+        term, code_logits = projection(h, self.code_embed, codes)
+        return self.head(h).flatten() + term, code_logits
