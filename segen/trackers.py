@@ -15,7 +15,6 @@ W&B offline unless the user is logged in) and fail in one line when their packag
 
 from __future__ import annotations
 
-import json
 import netrc
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ from pytorch_lightning.loggers import WandbLogger as _WandbLogger
 
 from segen import __version__
 from segen.extras import require
+from segen.io import write_json
 
 METRICS_FILE = "metrics.json"
 
@@ -117,9 +117,11 @@ def log_image(loggers, key: str, image: torch.Tensor, step: int) -> None:
             logger.experiment.add_image(key, image, step)
 
 
-def finish_run(trainer, run_dir: Path, metrics: dict[str, float], best_path: str) -> dict[str, Any]:
+def finish_run(trainer, run_dir: Path, metrics: dict[str, float], best_path: str, test_pass: dict | None = None) -> dict[str, Any]:
     """End of `segen train`: write `metrics.json` and `curves.png` in the run directory and hand
-    them, the config tree and the best checkpoint's path to the trackers. Rank 0 only."""
+    them, the config tree and the best checkpoint's path to the trackers. Rank 0 only.
+
+    `test_pass` says which split the `test/*` metrics really scored and on how many images."""
     from segen.curves import write_curves
 
     callback = trainer.checkpoint_callback
@@ -129,10 +131,11 @@ def finish_run(trainer, run_dir: Path, metrics: dict[str, float], best_path: str
         "monitor": getattr(callback, "monitor", None),
         "best_score": float(score) if score is not None else None,
         "best_checkpoint": best_path or None,
+        "test": test_pass,
     }
     if not trainer.is_global_zero:
         return report
-    (run_dir / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(run_dir / METRICS_FILE, report)
     curves = write_curves(run_dir)
     files = [p for p in (run_dir / "config_tree.log", run_dir / METRICS_FILE, curves) if p is not None and p.is_file()]
     for logger in trainer.loggers:

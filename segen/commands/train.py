@@ -39,6 +39,23 @@ def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
     return str(cfg.ckpt)
 
 
+def run_test_pass(trainer: pl.Trainer, task, datamodule, best: str) -> dict | None:
+    """Score `best` (else the final weights) on the split the test pass really reads, and say
+    which: `{"split", "num_images", "checkpoint", "metrics"}`; None when the data has no test
+    split here (a copy without CamVid's published test files), which is said in one line."""
+    scored = datamodule.scored_split("test")
+    if not datamodule.has_split("test"):
+        note(f"No {scored} split in this copy of data={datamodule.info.name}: the test pass is skipped (`segen eval split=test` scores it once the files are there)")
+        return None
+    results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+    return {
+        "split": scored,
+        "num_images": len(datamodule.split_images("test")),
+        "checkpoint": "best.ckpt" if best else "the final weights (no best.ckpt was written)",
+        "metrics": {k: float(v) for k, v in (results[0] if results else {}).items()},
+    }
+
+
 def main(cfg: DictConfig) -> RunResult:
     out = run_dir()
     quiet_lightning()
@@ -81,17 +98,21 @@ def main(cfg: DictConfig) -> RunResult:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested = ""
+    test_pass = None
     # Tasks with no test metric (GANs: `segen eval` scores them) skip `test: true`.
     if cfg.get("test") and not trainer.interrupted and task.test_after_fit:
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=True)
-        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
-        tested = "best.ckpt" if best else "the final weights (no best.ckpt was written)"
+        test_pass = run_test_pass(trainer, task, datamodule, best)
+        if test_pass is not None:
+            metrics.update(test_pass.pop("metrics"))
 
-    report = finish_run(trainer, out, metrics, best)  # metrics.json, curves.png, tracker artifacts
+    report = finish_run(trainer, out, metrics, best, test_pass)  # metrics.json, curves.png, tracker artifacts
     note(f"Run directory: {out}")
     note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
-    if tested:
-        note(f"The test split was scored with {tested}")
+    if test_pass is not None:
+        scored, count, weights = test_pass["split"], test_pass["num_images"], test_pass["checkpoint"]
+        if scored == "test":
+            note(f"The test split ({count} images) was scored with {weights}")
+        else:
+            note(f"The test pass scored the {scored} split, not test ({count} images, data.test_split={scored}), with {weights}")
     # float() of it is the objective (best monitored value) that an Optuna sweep optimizes.
     return RunResult(metrics, objective=report["best_score"] if report["best_score"] is not None else metrics.get(str(task.monitor)))

@@ -203,6 +203,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         """Scale images to [-1, 1] (what tanh generators produce) instead of standardizing."""
         self.mean, self.std = (0.5,) * self.channels, (0.5,) * self.channels
 
+    def scored_split(self, split: str) -> str:
+        """The split whose images a request for `split` really scores (the same one here)."""
+        return split
+
+    def has_split(self, split: str) -> bool:
+        """Whether the dataset has `split` (train and val are carved, test is the official one)."""
+        return split in ("train", "val", "test")
+
     def split_images(self, split: str) -> torch.Tensor:
         """All uint8 images `(N, C, H, W)` of a split (after `setup`), e.g. the real set for FID."""
         self.setup("test")

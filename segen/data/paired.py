@@ -294,10 +294,25 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
             pass  # a read-only dataset folder only costs decoding again next time
         return data
 
+    def scored_split(self, split: str) -> str:
+        """The split whose files a request for `split` scores: `test` is `test_split` (Cityscapes
+        publishes no test labels, so its test pass scores val and is labelled val)."""
+        return self.test_split if split == "test" else split
+
+    def has_split(self, split: str) -> bool:
+        """Whether the files of `split` (after `scored_split`) are there: a copy without the
+        published test split still trains, and the training run skips its test pass."""
+        try:
+            self._pairs(self.scored_split(split))
+        except DataError:
+            return False
+        return True
+
     def prepare_data(self) -> None:
         # One process decodes and writes the cache; the others read it in setup.
         for split in sorted({"train", "val", self.test_split}):
-            self.load_cached(split)
+            if split in ("train", "val") or self.has_split("test"):
+                self.load_cached(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -305,13 +320,28 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         for split in ("train", "val"):
             cached = self.load_cached(split)
             self.splits[split] = TensorImageDataset(cached["images"], cached["masks"])
+        if not self.has_split("test"):
+            return
         cached = self.load_cached(self.test_split)
         if self.eval_resolution == "original":
             self.splits["test"] = FullResLabelDataset(cached["images"], [lbl for _, lbl in self._pairs(self.test_split)], self.from_label_ids)
         else:
             self.splits["test"] = TensorImageDataset(cached["images"], cached["masks"])
 
+    def _require_test(self) -> None:
+        """A missing test split fails with the dataset's own one-line message (what to get, where)."""
+        self.setup("test")
+        if "test" not in self.splits:
+            self._pairs(self.test_split)  # raises DataError(missing_message)
+
+    def split_images(self, split: str) -> torch.Tensor:
+        if split == "test":
+            self._require_test()
+        return super().split_images(split)
+
     def test_dataloader(self) -> DataLoader:
+        if self.eval_split == "test":
+            self._require_test()
         if self.eval_split == "test" or self.eval_resolution == "subset":
             return super().test_dataloader()
         dataset = FullResLabelDataset(self.splits[self.eval_split].images, [lbl for _, lbl in self._pairs(self.eval_split)], self.from_label_ids)
