@@ -20,6 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Every test's dataset caches go to a folder of this session, never the user's ~/.cache/segen
+# (set before the CLI fork server copies the environment, so its runs use it too).
+os.environ["SEGEN_CACHE_DIR"] = _TEST_CACHE = __import__("tempfile").mkdtemp(prefix="segen-test-cache-")
+__import__("atexit").register(__import__("shutil").rmtree, _TEST_CACHE, True)
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

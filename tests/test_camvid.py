@@ -69,7 +69,7 @@ def test_datamodule_reads_fixture_void_is_ignored_and_cached(camvid_root, tmp_pa
             assert np.array_equal(dm.splits[split].targets[i].numpy(), read_truth(lbl))
             assert np.array_equal(dm.splits[split].images[i].permute(1, 2, 0).numpy(), np.asarray(Image.open(img)))
     assert (dm.splits["train"].targets == 255).any()  # void present, as 255
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    assert len(list((tmp_path / "cache" / "camvid").glob("*.u8"))) == 3 and not list(camvid_root.rglob(".segen_cache"))
     monkeypatch.setattr(paired, "decode_pairs", lambda *a, **k: pytest.fail("decoded again"))
     again = datamodule(camvid_root, tmp_path, test_split="test")
     again.setup()
@@ -104,7 +104,7 @@ def test_median_frequency_weights_match_numpy(camvid_root, tmp_path):
     weights = dm.class_pixel_weights()
     np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-5)
     assert not seen.all() and (weights[~torch.from_numpy(seen)] == 0).all()  # absent classes: weight 0
-    cached = next((tmp_path / "cache").glob("train_*.weights.json"))
+    cached = next((tmp_path / "cache" / "camvid").glob("train_*.weights.json"))
     assert json.loads(cached.read_text())["classes"] == list(CLASS_NAMES)
     assert torch.equal(datamodule(camvid_root, tmp_path).class_pixel_weights(), weights)  # read back
 

@@ -70,7 +70,7 @@ def test_datamodule_reads_fixture_maps_ids_and_caches(cs_root, tmp_path, monkeyp
     names = [img.name for img, _ in dm.files["train"]]
     assert names == sorted(names) and names[0].startswith("aachen")
     # A second datamodule decodes no PNG: everything comes from the cache.
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "cityscapes").glob("*.u8"))) == 2
     monkeypatch.setattr(paired, "decode_pairs", lambda *a, **k: pytest.fail("decoded again"))
     again = datamodule(cs_root, tmp_path)
     again.setup()

@@ -132,12 +132,13 @@ def _build_cache(root: str, cache: str, barrier) -> int:
     dm = CityscapesDataModule(data_dir=root, image_size=[32, 64], cache_dir=cache)
     barrier.wait()  # both start decoding and writing the same cache files at once
     dm.prepare_data()
-    return len(dm.load_cached("train")["images"])
+    return len(dm.load_cached("train").tensor("images"))
 
 
 def test_two_first_runs_build_the_same_cache_at_once(tmp_path):
     from cityscapes_fixture import make_cityscapes
 
+    from segen.data.cache import open_cache
     from segen.data.cityscapes import CityscapesDataModule
 
     root = make_cityscapes(tmp_path / "data", per_city=2, size=(48, 96))
@@ -148,8 +149,8 @@ def test_two_first_runs_build_the_same_cache_at_once(tmp_path):
         with ctx.Pool(2) as pool:
             counts = pool.starmap(_build_cache, [(str(root), str(cache), barrier)] * 2)
     assert counts == [4, 4]
-    files = sorted(p.name for p in cache.iterdir())
-    assert all(name.endswith(".pt") for name in files), files  # no temporary file left behind
+    files = sorted(p.name for p in (cache / "cityscapes").iterdir())
+    assert all(name.endswith(".u8") for name in files), files  # no temporary file left behind
     dm = CityscapesDataModule(data_dir=str(root), image_size=[32, 64], cache_dir=str(cache))
-    cached = torch.load(dm.cache_path("train"), weights_only=True)
-    assert cached["images"].shape == (4, 3, 32, 64) and cached["masks"].shape == (4, 32, 64)
+    cached = open_cache(dm.cache_path("train"))
+    assert cached.tensor("images").shape == (4, 3, 32, 64) and cached.tensor("masks").shape == (4, 32, 64)

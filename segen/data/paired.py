@@ -6,10 +6,12 @@ label ids map to train ids. A subclass says exactly that (`root`, `list_pairs(sp
 
 - decode once: every split is read, checked (photo and label map of the same size, no label id
   above `max_label_id`), resized to `image_size` (photos bilinear, labels nearest: labels never
-  blend), mapped to train ids (255 = ignore) and cached as uint8 tensors in a file keyed by the
-  parameters (size, file list, cache version), written atomically (`segen.io.atomic_write`), so
-  later runs decode no PNG;
-- hold the splits in memory and batch them as tensors (`InMemoryImageDataModule`);
+  blend), mapped to train ids (255 = ignore) and streamed into a cache file on disk keyed by the
+  parameters (size, files, cache version; `segen/data/cache.py`), in the per-user cache folder,
+  never the data folder, so later runs decode no PNG;
+- serve batches from the memory-mapped cache (a batch read per step: resident memory stays
+  bounded whatever the dataset's size; `in_memory: true` loads the splits into RAM instead) and
+  batch them as tensors (`InMemoryImageDataModule`);
 - train with joint augmentation: random scale, crop back to `image_size`, horizontal flip;
 - optionally score at the labels' own resolution (`eval_resolution: original`);
 - median-frequency class weights of the training split (`class_pixel_weights`), cached too;
@@ -19,7 +21,6 @@ label ids map to train ids. A subclass says exactly that (`root`, `list_pairs(sp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -31,11 +32,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from segen.data.cache import (
+    SUFFIX,
+    CacheFile,
+    announce,
+    cache_key,
+    data_cache_dir,
+    file_stamp,
+    open_cache,
+    split_dataset,
+    write_cache,
+)
+from segen.data.files import UnreadableImage, report_skipped, unreadable
 from segen.data.in_memory import (
     IGNORE_INDEX,
     Example,
     InMemoryImageDataModule,
-    TensorImageDataset,
     already_batched,
     median_frequency_weights,
     random_hflip,
@@ -43,8 +55,6 @@ from segen.data.in_memory import (
 from segen.data.info import DataInfo, photo_stem
 from segen.errors import ConfigError, DataError
 from segen.io import atomic_write
-
-CACHE_VERSION = 1  # bump when the decoding changes, so old caches are not reused
 
 Pair = tuple[Path, Path]  # (photo, label map)
 
@@ -96,43 +106,58 @@ def lut_mapper(lut: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
 
 def decode_pairs(
     pairs: Sequence[Pair],
-    size: tuple[int, int],
-    from_label_ids: Callable[[np.ndarray], np.ndarray],
-    max_label_id: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Decode, check and resize: images uint8 `(N, 3, H, W)`, masks of train ids uint8 `(N, H, W)`."""
-    images = np.empty((len(pairs), 3, *size), dtype=np.uint8)
-    masks = np.empty((len(pairs), *size), dtype=np.uint8)
-    for i, (img, lbl) in enumerate(pairs):
+    read_photo: Callable[[Path], np.ndarray],
+    read_mask: Callable[[Path], np.ndarray],
+    skipped: list[str] | None = None,
+):
+    """Decode, check and resize, one pair at a time: `{"images": uint8 (3, H, W), "masks": train
+    ids uint8 (H, W)}` per pair. `read_photo(path)` gives the photo at the training size,
+    `read_mask(path)` the train ids at that size (a `DataError` for ids the dataset does not
+    have). With a `skipped` list, a pair with an unreadable file yields None and is listed there
+    instead of failing; every other bad pair fails."""
+    for img, lbl in pairs:
         try:
-            photo_size, label_size = image_size_of(img), image_size_of(lbl)
+            photo_size, label_size = _header_size(img), _header_size(lbl)
             if photo_size != label_size:
                 raise DataError(
                     f"annotation {lbl} is {label_size[0]}x{label_size[1]} but its photo {img} is "
-                    f"{photo_size[0]}x{photo_size[1]}; they must match pixel for pixel"
+                    f"{photo_size[0]}x{photo_size[1]}; they must match pixel for pixel: resize the annotation to its photo (nearest neighbour) or replace it"
                 )
-            ids = read_label_ids(lbl)
-            if max_label_id is not None and int(ids.max(initial=0)) > max_label_id:
-                raise DataError(f"annotation {lbl} holds label id {int(ids.max())}, above the largest valid id {max_label_id}; it is not an annotation of this dataset")
-            images[i] = read_image(img, size).transpose(2, 0, 1)
-            masks[i] = from_label_ids(resize_labels(ids, size))
-        except OSError as err:
-            raise DataError(f"cannot read {img} or {lbl} ({err}); the file is corrupt, unpack it again") from err
-    return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks)}
+            row = {"images": _decoded(read_photo, img), "masks": _decoded(read_mask, lbl)}
+        except UnreadableImage:
+            if skipped is None:
+                raise
+            skipped.append(f"{img}\t{lbl}")
+            row = None
+        yield row
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    try:
+        return image_size_of(path)
+    except OSError as err:
+        raise unreadable(path, err) from err
+
+
+def _decoded(read: Callable[[Path], np.ndarray], path: Path) -> np.ndarray:
+    try:
+        return read(path)
+    except OSError as err:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise unreadable(path, err) from err
 
 
 class FullResLabelDataset(Dataset):
     """Cached (resized) images with their labels read at the original resolution from the PNGs,
     for scoring at the labels' own size."""
 
-    def __init__(self, images: torch.Tensor, label_files: Sequence[Path], from_label_ids: Callable[[np.ndarray], np.ndarray]):
-        self.images, self.label_files, self.from_label_ids = images, list(label_files), from_label_ids
+    def __init__(self, images: torch.Tensor, label_files: Sequence[Path], read_train_ids: Callable[[Path], np.ndarray]):
+        self.images, self.label_files, self.read_train_ids = images, list(label_files), read_train_ids
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitems__(self, indices: list[int]):
-        masks = [torch.from_numpy(self.from_label_ids(read_label_ids(self.label_files[i]))) for i in indices]
+        masks = [torch.from_numpy(self.read_train_ids(self.label_files[i])) for i in indices]
         if len({m.shape for m in masks}) > 1:
             raise DataError("label images of different sizes in one batch; use data.eval_batch_size=1")
         return self.images[torch.as_tensor(indices)], torch.stack(masks)
@@ -163,6 +188,8 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         cache_dir: str | None = None,
         scale_range: Sequence[float] = (0.5, 2.0),
         eval_resolution: str = "subset",
+        in_memory: bool = False,
+        skip_bad_files: bool = False,
         **kwargs,
     ):
         if len(image_size) != 2 or min(image_size) < 1:
@@ -185,10 +212,13 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         self.max_images = max_images
         self.max_val_images = max_val_images if max_val_images is not None else max_images
         self.test_split = test_split
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".segen_cache"
+        self.cache_dir = data_cache_dir(cache_dir, self.name)
+        self.in_memory = in_memory
+        self.skip_bad_files = skip_bad_files
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.eval_resolution = eval_resolution
         self.files: dict[str, list[Pair]] = {}
+        self.caches: dict[str, CacheFile] = {}
 
     # -- what a subclass writes ------------------------------------------------------------------
     @property
@@ -220,6 +250,18 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         """The name of the outputs predicted for the input file `path`."""
         return path.stem
 
+    def read_label_map(self, path: Path) -> np.ndarray:
+        """A label map in the dataset's own ids `(H, W)` at its own size, checked: an id above
+        `max_label_id` is an error naming the file."""
+        ids = read_label_ids(path)
+        if self.max_label_id is not None and int(ids.max(initial=0)) > self.max_label_id:
+            raise DataError(f"annotation {path} holds label id {int(ids.max())}, above the largest valid id {self.max_label_id}; it is not an annotation of this dataset")
+        return ids
+
+    def cache_params(self) -> dict:
+        """What else changes the decoded bytes (a subclass's class mapping), for the cache key."""
+        return {}
+
     is_label_file: Callable[[Path], bool] | None = None  # label-id maps among a folder's files (None: all)
 
     @staticmethod
@@ -247,7 +289,7 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
     def examples(self, split: str, count: int) -> list[Example]:
         """Examples named after their files, with the size of their original label map."""
         picked = super().examples(split, count)
-        pairs = self._pairs(self.test_split if split == "test" else split)
+        pairs = self.kept_pairs(self.test_split if split == "test" else split)
         for example, (photo, label) in zip(picked, pairs, strict=False):
             example.name = self.output_name(photo)
             example.original_size = image_size_of(label)
@@ -269,30 +311,54 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
 
     def cache_path(self, split: str) -> Path:
         pairs = self._pairs(split)
-        key = {
-            "version": CACHE_VERSION,
+        key = cache_key({
+            "dataset": self.name,
+            "root": str(self.root.resolve()),
             "split": split,
             "size": list(self.image_size),
-            "files": [str(img.relative_to(self.root)) for img, _ in pairs],
-        }
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+            "files": [file_stamp(img, self.root) + file_stamp(lbl, self.root) for img, lbl in pairs],
+            **self.cache_params(),
+        })
         h, w = self.image_size
-        return self.cache_dir / f"{split}_{len(pairs)}x{h}x{w}_{digest}.pt"
+        return self.cache_dir / f"{split}_{len(pairs)}x{h}x{w}_{key}{SUFFIX}"
 
-    def load_cached(self, split: str) -> dict[str, torch.Tensor]:
+    def load_cached(self, split: str) -> CacheFile:
+        """The split's cache file, decoded and written first if it is not there (one line says
+        where); later runs and other DDP ranks open it."""
+        if split in self.caches:
+            return self.caches[split]
         path = self.cache_path(split)
-        if path.is_file():
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception:  # a truncated or foreign cache is rebuilt, never trusted
-                path.unlink(missing_ok=True)
-        data = decode_pairs(self._pairs(split), self.image_size, self.from_label_ids, self.max_label_id)
-        try:
-            with atomic_write(path) as f:  # a concurrent reader never sees half a file
-                torch.save(data, f)
-        except OSError:
-            pass  # a read-only dataset folder only costs decoding again next time
-        return data
+        cache = built = open_cache(path)
+        if cache is None:
+            pairs = self._pairs(split)
+            announce(path, f"{split} pairs of data={self.name}", len(pairs))
+            skipped: list[str] | None = [] if self.skip_bad_files else None
+            h, w = self.image_size
+            rows = decode_pairs(pairs, self._read_photo, self._read_mask, skipped)
+            write_cache(path, {"images": ("uint8", (3, h, w)), "masks": ("uint8", (h, w))}, rows, len(pairs),
+                        lambda kept: {"kept": kept, "skipped": list(skipped or [])})
+            cache = open_cache(path)
+            if cache is None:
+                raise DataError(f"the cache {path} was written but cannot be read back; delete it and run again")
+        if cache.meta.get("skipped"):
+            report_skipped(cache.meta["skipped"], f"data={self.name} {split}", path.with_suffix(".skipped.txt"), built=built is None)
+        self.caches[split] = cache
+        return cache
+
+    def kept_pairs(self, split: str) -> list[Pair]:
+        """The pairs the cache of `split` holds, in its row order (`skip_bad_files` drops some)."""
+        pairs = self._pairs(split)
+        kept = self.load_cached(split).meta.get("kept")
+        return pairs if kept is None or len(kept) == len(pairs) else [pairs[i] for i in kept]
+
+    def _read_photo(self, path: Path) -> np.ndarray:
+        return read_image(path, self.image_size).transpose(2, 0, 1)
+
+    def _read_mask(self, path: Path) -> np.ndarray:
+        return self.from_label_ids(resize_labels(self.read_label_map(path), self.image_size))
+
+    def _dataset(self, split: str):
+        return split_dataset(self.load_cached(split), "masks", in_memory=self.in_memory)
 
     def scored_split(self, split: str) -> str:
         """The split whose files a request for `split` scores: `test` is `test_split` (Cityscapes
@@ -318,15 +384,17 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         if self.splits:
             return
         for split in ("train", "val"):
-            cached = self.load_cached(split)
-            self.splits[split] = TensorImageDataset(cached["images"], cached["masks"])
+            self.splits[split] = self._dataset(split)
         if not self.has_split("test"):
             return
-        cached = self.load_cached(self.test_split)
         if self.eval_resolution == "original":
-            self.splits["test"] = FullResLabelDataset(cached["images"], [lbl for _, lbl in self._pairs(self.test_split)], self.from_label_ids)
+            self.splits["test"] = self._full_resolution(self.test_split)
         else:
-            self.splits["test"] = TensorImageDataset(cached["images"], cached["masks"])
+            self.splits["test"] = self._dataset(self.test_split)
+
+    def _full_resolution(self, split: str) -> FullResLabelDataset:
+        labels = [lbl for _, lbl in self.kept_pairs(split)]
+        return FullResLabelDataset(self.load_cached(split).tensor("images"), labels, lambda path: self.from_label_ids(self.read_label_map(path)))
 
     def _require_test(self) -> None:
         """A missing test split fails with the dataset's own one-line message (what to get, where)."""
@@ -344,7 +412,7 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
             self._require_test()
         if self.eval_split == "test" or self.eval_resolution == "subset":
             return super().test_dataloader()
-        dataset = FullResLabelDataset(self.splits[self.eval_split].images, [lbl for _, lbl in self._pairs(self.eval_split)], self.from_label_ids)
+        dataset = self._full_resolution(self.eval_split)
         return DataLoader(dataset, batch_size=self.eval_batch_size, collate_fn=already_batched)
 
     def split_masks(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,8 +420,8 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         `eval_resolution` says; `test` is `test_split`."""
         if split not in ("train", "val", "test"):
             raise DataError(f"data={self.name} has no {split} split; use train, val or test")
-        cached = self.load_cached(self.test_split if split == "test" else split)
-        return cached["images"], cached["masks"]
+        cache = self.load_cached(self.test_split if split == "test" else split)
+        return cache.tensor("images"), cache.tensor("masks")
 
     def class_pixel_weights(self) -> torch.Tensor:
         """Median-frequency class weights `(K,)` of the training split at `image_size` (see
@@ -366,13 +434,13 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
                     return torch.tensor(weights, dtype=torch.float32)
             except (ValueError, KeyError, TypeError):
                 pass  # a damaged file is recomputed
-        masks = self.splits["train"].targets if "train" in self.splits else self.load_cached("train")["masks"]
+        masks = self.load_cached("train").tensor("masks")
         weights = median_frequency_weights(masks, len(self.mask_class_names))
         try:
             with atomic_write(path, "w") as f:
                 f.write(json.dumps({"median_frequency": weights.tolist(), "classes": list(self.mask_class_names)}, indent=2) + "\n")
-        except OSError:
-            pass
+        except PermissionError:
+            pass  # an unwritable cache folder only costs recomputing them next time
         return weights
 
     # -- training augmentation ---------------------------------------------------------------
