@@ -17,7 +17,7 @@ from segen import __version__
 
 COMMANDS = {
     "train": "train a model (default: cnn on the built-in shapes data)",
-    "sample": "generated images (dcgan, cgan) or predicted masks (unet): segen sample ckpt=PATH",
+    "sample": "generated images (dcgan, cgan), predicted masks (unet) or photos from label maps (pix2pix): segen sample ckpt=PATH",
     "eval": "evaluate a checkpoint on a split: segen eval ckpt=PATH",
     "export": "write a checkpoint's network as ONNX or TorchScript: segen export ckpt=PATH format=onnx",
 }
@@ -264,6 +264,10 @@ def relaunchable_job(command: str, entry: str):
 
 
 HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+# What a job writes before it does any work: the config and hyperparameters it was given, and
+# the folders its loggers open (a TensorBoard event file, W&B's offline run) before a metric.
+SETUP_FILES = {"hparams.yaml"}
+LOGGER_FOLDERS = {"tensorboard", "wandb"}
 
 
 def existing_run_paths(overrides: list[str], command: str) -> set[Path]:
@@ -274,18 +278,30 @@ def existing_run_paths(overrides: list[str], command: str) -> set[Path]:
     return {p for p in (run, *run.parents) if p.exists()}
 
 
+def only_setup_records(run_dir: Path) -> bool:
+    """Whether a run directory holds nothing but what a job writes before it does any work:
+    Hydra's record (`.hydra/`), logs (`train.log`, `config_tree.log`), `hparams.yaml` and the
+    folders loggers open (without a checkpoint in them)."""
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and entry.name == ".hydra":
+            if not {f.name for f in entry.iterdir()} <= HYDRA_FILES:
+                return False
+        elif entry.is_dir() and entry.name in LOGGER_FOLDERS:
+            if any(p.suffix == ".ckpt" for p in entry.rglob("*")):
+                return False
+        elif not (entry.is_file() and (entry.suffix == ".log" or entry.name in SETUP_FILES)):
+            return False  # a checkpoint, metrics, samples, or anything else the job made
+    return True
+
+
 def remove_refused_run(run_dir: Path, keep: set[Path]) -> None:
     """After a refused job (a SegenError), remove the run directory Hydra made for it if it holds
-    only Hydra's own files (`.hydra/`, the job log): an empty run is noise in outputs/. A folder
-    that existed before, or holds anything else, is left alone; so are parents that existed."""
+    only setup records (`only_setup_records`): a refusal, wherever in setup it happens, leaves
+    nothing in outputs/. A folder that existed before, or holds anything the job produced, is
+    left alone; so are parents that existed."""
     run_dir = run_dir.absolute()
-    if run_dir in keep or not run_dir.is_dir():
+    if run_dir in keep or not run_dir.is_dir() or not only_setup_records(run_dir):
         return
-    for entry in run_dir.iterdir():
-        hydra_record = entry.name == ".hydra" and entry.is_dir() and {f.name for f in entry.iterdir()} <= HYDRA_FILES
-        job_log = entry.is_file() and entry.suffix == ".log"
-        if not (hydra_record or job_log):
-            return  # the job wrote something: keep all of it
     import shutil
 
     shutil.rmtree(run_dir)
@@ -293,6 +309,24 @@ def remove_refused_run(run_dir: Path, keep: set[Path]) -> None:
         if parent in keep or any(parent.iterdir()):
             break
         parent.rmdir()
+
+
+def flag_hint(message: str, argv: list[str], cfg_dir: Path, command: str) -> str:
+    """The fix for an argument argparse refused: `--ckpt X` is the config key `ckpt=X` (every
+    segen option is a key=value override); other flags belong before the overrides."""
+    if "unrecognized arguments" not in message:
+        return ""
+    import yaml
+
+    root = yaml.safe_load((cfg_dir / f"{command}.yaml").read_text()) or {}
+    groups = config_choices(cfg_dir)
+    for i, arg in enumerate(argv):
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        key = name.replace("-", "_")
+        if key and (key in root or key in groups):
+            value = value if eq else (argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else "VALUE")
+            return f"; segen options are key=value overrides: write {key}={value}, not {arg}"
+    return "; write Hydra flags (-m, --cfg job) before the overrides"
 
 
 def run(command: str, argv: list[str]) -> None:
@@ -306,8 +340,7 @@ def run(command: str, argv: list[str]) -> None:
     parser = get_args_parser()
 
     def one_line(message: str):  # argparse would print its whole usage block
-        hint = "; write Hydra flags (-m, --cfg job) before the overrides" if "unrecognized arguments" in message else ""
-        fail(f"{message}{hint}", command)
+        fail(f"{message}{flag_hint(message, argv, cfg_dir, command)}", command)
 
     parser.error = one_line
     args = parser.parse_args(argv)

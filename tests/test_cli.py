@@ -24,6 +24,8 @@ def test_help_lists_commands_every_choice_and_examples(segen):
         for name in names:
             assert name in line, (group, name)
     assert out.count("segen train") + out.count("segen eval") >= 3  # the examples
+    sample = next(row for row in out.splitlines() if row.strip().startswith("sample "))
+    assert all(kind in sample for kind in ("dcgan", "cgan", "unet", "pix2pix"))
 
 
 def test_help_and_version_import_no_torch():
@@ -59,17 +61,38 @@ def test_version(segen):
         (["eval"], "missing required value ckpt; pass ckpt=..."),
         (["sample"], "missing required value ckpt"),
         (["eval", "ckpt=/no/such/file.ckpt"], "checkpoint /no/such/file.ckpt does not exist"),
+        (["train", "resume=/no/such/run"], "/no/such/run"),
+        (["eval", "--ckpt", "x.ckpt"], "segen options are key=value overrides: write ckpt=x.ckpt, not --ckpt"),
+        (["train", "--model=unet"], "write model=unet, not --model=unet"),
+        # Refused later in setup, after the config tree, the loggers and hparams.yaml are written:
+        (["train", "data=mnist", "data.download=false"], "MNIST not found in"),
+        (["train", "model=unet", "data=mnist", "paths.data_dir={mnist}"], "unet"),
+        (["train", "model=cgan", "data=mnist", "paths.data_dir={mnist}", "data.val_split=5000"], "data.val_split=5000 leaves no training"),
     ],
 )
-def test_user_mistakes_give_one_line_and_exit_2(segen, tmp_path, args, expected):
+def test_user_mistakes_give_one_line_and_exit_2(segen, tmp_path, mnist_root, args, expected):
+    args = [a.replace("{mnist}", str(mnist_root)) for a in args]
     result = segen(*args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path) if args[0] != "bogus" else segen(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
-    # Nothing ran: no run directory was written.
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    # Wherever in setup the refusal came, it leaves nothing: no run directory, no outputs/.
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_val_split_is_a_count_a_fraction_or_the_least_of_a_list():
+    from omegaconf import OmegaConf
+
+    from segen.data.in_memory import carve_validation, validation_count
+
+    default = OmegaConf.load(config_dir() / "data" / "mnist.yaml").val_split
+    assert validation_count(60_000, default) == 5000  # full MNIST keeps its 55k / 5k split
+    assert validation_count(4_000, default) == 400  # a smaller copy is not refused
+    assert validation_count(4_000, 0.25) == 1000 and validation_count(4_000, 300) == 300
+    train, val = carve_validation(4_000, default, seed=0)
+    assert len(val) == 400 and len(train) == 3_600 and not set(train.tolist()) & set(val.tolist())
 
 
 def test_valid_choices_pass_the_check(segen, tmp_path):

@@ -123,9 +123,20 @@ def median_frequency_weights(masks: torch.Tensor, num_classes: int) -> torch.Ten
     return torch.where(seen, median / freq.clamp(min=1e-12), torch.zeros_like(freq)).float()
 
 
-def carve_validation(n: int, val_split: float | int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split indices 0..n-1 into (train, val) with a fixed seed; `val_split` is a count or fraction."""
-    n_val = int(round(val_split * n)) if isinstance(val_split, float) and val_split < 1 else int(val_split)
+def validation_count(n: int, val_split: float | int | Sequence[float | int]) -> int:
+    """How many of `n` training images `val_split` holds out: a count (5000), a fraction (0.1),
+    or a list of those meaning the least of them ([5000, 0.1]: 5,000 of full MNIST's 60,000,
+    400 of a 4,000-image copy)."""
+    if isinstance(val_split, Sequence) and not isinstance(val_split, str):
+        if not val_split:
+            raise DataError("data.val_split=[] holds no count or fraction; pass e.g. data.val_split=0.1")
+        return min(validation_count(n, v) for v in val_split)
+    return int(round(val_split * n)) if isinstance(val_split, float) and val_split < 1 else int(val_split)
+
+
+def carve_validation(n: int, val_split: float | int | Sequence[float | int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split indices 0..n-1 into (train, val) with a fixed seed (`validation_count` reads `val_split`)."""
+    n_val = validation_count(n, val_split)
     if not 0 < n_val < n:
         raise DataError(
             f"data.val_split={val_split} leaves no training or no validation images out of the {n} training images; "
