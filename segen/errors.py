@@ -24,3 +24,7 @@ class CheckpointError(SegenError):
 
 class IncompatibleError(SegenError):
     """The chosen model cannot be trained or used with the chosen data or command."""
+
+
+class WriteError(SegenError):
+    """A file could not be written: the disk is full, a quota is reached, or the device failed."""
