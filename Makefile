@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 
 .PHONY: install test test-fast lint smoke bench clean
 
-install:  ## create .venv and install segen (editable) with its pinned torch/torchvision + dev tools
+install:  ## create .venv and install segen (editable) with torch/torchvision, every optional extra (export, trackers, optuna, slurm) and the dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# setuptools' "Editable installation" banner is advice for editable installs, not a problem.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
 test:  ## the whole suite (what CI runs)

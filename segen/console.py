@@ -69,9 +69,11 @@ def drop_lightning_lines(*texts: str) -> None:
 
 
 # Lines that say nothing about a run: the accelerator census on a machine without one (a GPU
-# run keeps "GPU available: True (cuda), used: True"), and the GAN tasks' unused val loader.
+# run keeps "GPU available: True (cuda), used: True"), the GAN tasks' unused val loader, and
+# the count of modules in eval mode at the start of training, which are segen's frozen copies
+# by design (the EMA generator, the clusters' encoder, a judge's feature network).
 NOISE = ("GPU available: False", "TPU available: False", "HPU available: False",
-         "have no `validation_step`")
+         "have no `validation_step`", "module(s) in eval mode at the start of training")
 
 
 def config_tree(cfg, order: tuple[str, ...] = ("data", "model", "trainer", "callbacks", "logger", "paths")) -> Tree:

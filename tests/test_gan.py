@@ -171,6 +171,8 @@ def test_cgan_smoke_on_mnist_fixture_has_a_row_per_digit(segen, tmp_path, mnist_
         "data.val_split=50", "model.generator.conditioning=cbn", f"hydra.run.dir={run}", cwd=tmp_path,
     )
     check_run(result, run, rows=10, size=28, channels=1)
+    # The EMA copy and other frozen modules are in eval mode on purpose: Lightning's warning about it is not shown.
+    assert "in eval mode" not in result.stderr + result.stdout
 
 
 @pytest.mark.slow

@@ -95,11 +95,12 @@ _LIGHTNING_NOISE = (
     "already configured with model summary",  # we configure RichModelSummary on purpose
     "LeafSpec",  # a Lightning-internal deprecation
     "does not have many workers",  # in-memory tensor loaders need none
+    "to estimate number of stepping batches",  # the LR schedules ask Lightning for the run's length
 )
 
 
 def quiet_lightning() -> None:
     """Drop Lightning messages that say nothing about this run, so the ones that do stand out."""
-    from segen.console import drop_lightning_lines
+    from segen.console import NOISE, drop_lightning_lines
 
-    drop_lightning_lines(*_LIGHTNING_NOISE)
+    drop_lightning_lines(*_LIGHTNING_NOISE, *NOISE)
