@@ -123,8 +123,9 @@ class ResumeReport(pl.Callback):
     drawn from a new shuffle (Lightning still counts the remaining batches right).
     """
 
-    def __init__(self, ckpt_path: str):
+    def __init__(self, ckpt_path: str, changes: list[str] | None = None):
         self.ckpt_path = ckpt_path
+        self.changes = list(changes or [])  # what the resume command changed in the stored config
         self._stored: dict = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -158,4 +159,6 @@ class ResumeReport(pl.Callback):
                      "new shuffle, so this run will differ slightly from one that never stopped")
         else:
             line += "continues exactly as if it had never stopped"
+        line += (f"; with the checkpoint's config, changed by: {', '.join(self.changes)}" if self.changes
+                 else "; with the checkpoint's config, unchanged")
         note(line)

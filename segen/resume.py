@@ -1,10 +1,12 @@
 """`segen train resume=RUN_DIR` / `ckpt=PATH` / `ckpt=last`: continue a run where it stopped.
 
 Resuming is rewritten into plain Hydra overrides before composition: the original run's own
-overrides (Hydra records them in `<run>/.hydra/overrides.yaml`) come first, so the same model,
-data and settings are composed again; the user's new overrides follow and win; the run
-directory is the original one; `ckpt` points at the checkpoint. Light on purpose (no torch);
-overrides are read with Hydra's grammar (segen/overrides.py).
+overrides (Hydra records them in `<run>/.hydra/overrides.yaml`) come first, so the same groups
+are chosen again; the user's new overrides follow and win; the run directory is the original
+one; `ckpt` points at the checkpoint. The run then continues with the resolved config stored in
+its checkpoint, not today's files, with only what the resume command changes applied on top
+(`resumed_config`). Light on purpose (torch loads only inside `resumed_config`); overrides are
+read with Hydra's grammar (segen/overrides.py).
 """
 
 from __future__ import annotations
@@ -46,3 +48,68 @@ def resume_overrides(overrides: list[str]) -> list[str]:
     current = without_keys(overrides, ("ckpt", "resume"))
     extra = [f"hydra.run.dir={run}"] if run is not None and run_dir_arg is None else []
     return [*previous, *current, *extra, f"ckpt={ckpt_path}"]
+
+
+# Groups whose files write into the whole config (`# @package _global_`): their effect cannot be
+# told apart from the rest once resolved, so they cannot change when a run resumes.
+GLOBAL_GROUPS = ("recipe", "experiment", "debug", "hparams_search")
+_NOT_SETTINGS = ("ckpt", "resume")
+
+
+def resumed_config(cfg, ckpt: dict, task_overrides: list[str], groups: set[str]):
+    """The config a resumed run continues with: the resolved config stored in its checkpoint,
+    with what this command changes applied on top. Returns `(config, choices, changes)`.
+
+    Today's config files only matter where the command changes something: an edited recipe or a
+    segen upgrade does not change a resumed run's hyperparameters. A change is a value override
+    whose value differs from the stored one (`trainer.max_epochs=20`), or a group choice that
+    differs from the stored choice (`logger=tensorboard`: the group's node is taken from today's
+    files). The original run's own overrides are composed again (resume_overrides) and so equal
+    the stored values: they change nothing.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    from segen.checkpoint import checkpoint_config
+    from segen.errors import ConfigError
+    from segen.overrides import choice_values, parse
+
+    stored, choices = checkpoint_config(ckpt)
+    changes: list[str] = []
+    parsed = parse(task_overrides)
+    deleted = [o.key_or_group for o in parsed if o.is_delete()]
+    for override in parsed:
+        key = override.key_or_group
+        if key in _NOT_SETTINGS or key.startswith("hydra"):
+            continue
+        if any(key.startswith(f"{d}.") for d in deleted):
+            continue  # set by the original run's overrides, then removed by this command's `~`
+        if override.is_delete():
+            if OmegaConf.select(stored, key, default=None) is not None:
+                with open_dict(stored):
+                    OmegaConf.update(stored, key, None, force_add=True)
+                changes.append(override.input_line)
+            continue
+        if key in groups:
+            values = choice_values(override) or []
+            if len(values) == 1 and str(values[0]) == str(choices.get(key)):
+                continue  # the run's own choice, composed again
+            if key.split("/")[0] in GLOBAL_GROUPS or key not in cfg:
+                raise ConfigError(f"{override.input_line}: {key} cannot change when a run resumes (it rewrites the whole stored config); start a new run instead")
+            with open_dict(stored):
+                stored[key] = OmegaConf.to_container(cfg[key], resolve=True)
+            choices[key] = str(values[0]) if values else "null"
+            changes.append(override.input_line)
+            continue
+        new = OmegaConf.select(cfg, key, default=None)
+        old = OmegaConf.select(stored, key, default=None)
+        if OmegaConf.is_config(new):
+            new = OmegaConf.to_container(new, resolve=True)
+        if OmegaConf.is_config(old):
+            old = OmegaConf.to_container(old, resolve=True)
+        if new != old:
+            with open_dict(stored):
+                OmegaConf.update(stored, key, new, force_add=True)
+            changes.append(f"{key}={new} (was {old})")
+    with open_dict(stored):
+        stored.ckpt, stored.resume = cfg.get("ckpt"), cfg.get("resume")
+    return stored, choices, changes

@@ -60,10 +60,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(segen, tmp_path, 
     assert killed.returncode == -signal.SIGKILL
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == steps_per_epoch  # epoch 1 only
 
-    # `resume=` recomposes the run's recorded overrides; drop the kill callback from that record
-    # so the resumed run is the plain command a user would have typed.
-    (run / ".hydra" / "overrides.yaml").write_text("\n".join(f"- {o}" for o in (*overrides, f"hydra.run.dir={run}")) + "\n")
-    resumed = segen("train", f"resume={run}", cwd=tmp_path)
+    # The resumed run continues with the checkpoint's config; `~callbacks.kill` drops the test
+    # device from it, so the rest is the plain run a user would have started.
+    resumed = segen("train", f"resume={run}", "~callbacks.kill", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * steps_per_epoch
     # Every weight, the GAN's EMA generator included, equals the uninterrupted run's exactly.

@@ -29,14 +29,23 @@ from segen.sweep import RunResult
 from segen.trackers import finish_run, log_config
 
 
-def checked_resume_path(cfg: DictConfig, model_name: str | None) -> str | None:
-    """The checkpoint to continue from, after checking it is safe to load and of this model."""
+def resume_point(cfg: DictConfig, picked: dict[str, str]) -> tuple[DictConfig, str | None, list[str]]:
+    """`(config, checkpoint, changes)` of a run that continues from `ckpt=`: the checkpoint is
+    checked to be safe to load and of this model, and the config becomes the one stored in it,
+    with what this command changed on top (segen/resume.py `resumed_config`)."""
     if not cfg.get("ckpt"):
-        return None
-    _, stored = checkpoint_config(load_checkpoint(cfg.ckpt))
+        return cfg, None, []
+    from hydra.core.hydra_config import HydraConfig
+
+    from segen.resume import resumed_config
+
+    ckpt = load_checkpoint(cfg.ckpt)
+    _, stored = checkpoint_config(ckpt)
+    model_name = picked.get("model")
     if stored.get("model") != model_name:
         raise IncompatibleError(f"ckpt={cfg.ckpt} holds a {stored.get('model')} model, not {model_name}; pass model={stored.get('model')} or another checkpoint")
-    return str(cfg.ckpt)
+    resumed, _, changes = resumed_config(cfg, ckpt, list(HydraConfig.get().overrides.task), set(picked))
+    return resumed, str(cfg.ckpt), changes
 
 
 def run_test_pass(trainer: pl.Trainer, task, datamodule, best: str) -> dict | None:
@@ -61,6 +70,7 @@ def main(cfg: DictConfig) -> RunResult:
     quiet_lightning()
     drop_lightning_lines(*NOISE)
     picked = choices()
+    cfg, resume_from, changes = resume_point(cfg, picked)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Built first: a tracker whose package is missing fails here, before data is touched.
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -74,7 +84,6 @@ def main(cfg: DictConfig) -> RunResult:
         datamodule.prepare_data()
     print_config_tree(cfg, save_to=out / "config_tree.log", choices=picked)
 
-    resume_from = checked_resume_path(cfg, picked.get("model"))
     task = build(cfg.model, "model")
     callbacks = [build(c, "callbacks") for c in (cfg.get("callbacks") or {}).values() if c is not None]
     # segen's own guarantees: config + RNG state in every checkpoint, save on Ctrl-C/SIGTERM,
@@ -83,7 +92,7 @@ def main(cfg: DictConfig) -> RunResult:
     callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), interrupt,
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if resume_from:
-        callbacks.append(ResumeReport(resume_from))
+        callbacks.append(ResumeReport(resume_from, changes))
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

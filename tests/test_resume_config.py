@@ -1,0 +1,44 @@
+"""A resumed run keeps the config stored in its checkpoint: an edited recipe (or a segen upgrade)
+between the run and its resume does not change its hyperparameters; what the resume command
+itself changes is applied on top and listed in the resume line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from test_resilience import TINY
+
+from segen.config import config_dir
+
+
+def stored_config(ckpt: Path):
+    return OmegaConf.create(torch.load(ckpt, map_location="cpu", weights_only=True)["segen"]["config"])
+
+
+def test_resume_keeps_the_stored_config_when_a_recipe_changed(segen, tmp_path):
+    # The run starts while the shipped recipe says label smoothing 0.15 (it says 0.0)...
+    recipe = config_dir() / "recipe" / "cnn_shapes.yaml"
+    shipped = recipe.read_text()
+    run = tmp_path / "run"
+    try:
+        edited = OmegaConf.load(recipe)
+        edited.model.label_smoothing = 0.15
+        recipe.write_text("# @package _global_\n" + OmegaConf.to_yaml(edited))
+        first = segen("train", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    finally:
+        recipe.write_text(shipped)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = stored_config(run / "checkpoints" / "last.ckpt")
+    assert before.model.label_smoothing == 0.15
+
+    # ...and resumes after the recipe went back to 0.0, with one more epoch asked for.
+    resumed = segen("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = stored_config(run / "checkpoints" / "last.ckpt")
+    assert after.model.label_smoothing == 0.15  # the run's own value, not today's recipe
+    assert after.trainer.max_epochs == 2 and after.model == before.model
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+    text = " ".join(resumed.stdout.split())
+    assert "with the checkpoint's config, changed by: trainer.max_epochs=2 (was 1)" in text
