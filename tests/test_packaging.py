@@ -37,6 +37,7 @@ def test_wheel_contains_configs_and_runs_from_elsewhere(tmp_path):
     shipped = {n.removeprefix("segen/configs/") for n in names if n.startswith("segen/configs/") and n.endswith(".yaml")}
     in_repo = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     assert shipped == in_repo
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)  # what the license field names
 
     target = tmp_path / "site"
     subprocess.run(
