@@ -225,7 +225,9 @@ class FolderDataModule(InMemoryImageDataModule):
             if cache is None:
                 raise DataError(f"the cache {path} was written but cannot be read back; delete it and run again")
             if not len(cache):
-                raise DataError(f"every image of {self.root / split} is unreadable (listed in {path.with_suffix('.skipped.txt')}); replace them")
+                cache.close()
+                path.unlink(missing_ok=True)
+                raise DataError(f"every image of {self.root / split} is unreadable (e.g. {(skipped or ['?'])[0]}); replace them")
         if cache.meta.get("skipped"):
             report_skipped(cache.meta["skipped"], f"{self.root / split}", path.with_suffix(".skipped.txt"), built=built is None)
         self.caches[split] = cache

@@ -61,6 +61,9 @@ class DataInfo:
     # Which files of a folder of annotations are label-id maps (Cityscapes' gtFine folders also
     # hold colour and instance PNGs); None: every image file.
     is_label_file: Callable[[Path], bool] | None = field(default=None, compare=False)
+    # The values the dataset's own label files may hold, when they are not a range 0..max_label_id
+    # (data=folder_seg: the ids its classes file names, and its ignore value); None: a range.
+    label_id_values: tuple[int, ...] | None = None
 
     @property
     def targets(self) -> frozenset[str]:
@@ -111,6 +114,8 @@ class DataInfo:
     def unknown_label_ids(self, label_ids: np.ndarray) -> list[int]:
         """The values of a label map (in the dataset's own ids) that are not ids of this dataset."""
         present = np.unique(label_ids)
+        if self.label_id_values is not None:
+            return [int(v) for v in present if int(v) not in self.label_id_values]
         if self.max_label_id is not None:
             return [int(v) for v in present if v > self.max_label_id]
         return [int(v) for v in present if v >= self.num_mask_classes and v != self.ignore_index]

@@ -340,6 +340,11 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
             cache = open_cache(path)
             if cache is None:
                 raise DataError(f"the cache {path} was written but cannot be read back; delete it and run again")
+            if not len(cache):
+                cache.close()
+                path.unlink(missing_ok=True)
+                first = (skipped or ["?"])[0].split("\t")[0]
+                raise DataError(f"every {split} pair of data={self.name} has an unreadable file (e.g. {first}); replace them")
         if cache.meta.get("skipped"):
             report_skipped(cache.meta["skipped"], f"data={self.name} {split}", path.with_suffix(".skipped.txt"), built=built is None)
         self.caches[split] = cache
