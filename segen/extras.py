@@ -39,7 +39,10 @@ def require(modules: tuple[str, ...] | list[str], extra: str, what: str) -> None
 
 
 def check_choice(group: str, choice: str) -> None:
-    """`require` for a config choice (`logger=mlflow`, `hparams_search=cnn_optuna`), if it has needs."""
+    """`require` for a config choice (`logger=mlflow`, `hparams_search=cnn_optuna`), if it has
+    needs; `null` (`hparams_search=null`: no search) chooses nothing and needs nothing."""
+    if choice in ("null", "None", ""):
+        return
     needs = CHOICES.get((group, choice)) or CHOICES.get((group, "*"))
     if needs:
         require(needs[0], needs[1], f"{group}={choice}")

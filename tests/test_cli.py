@@ -111,3 +111,12 @@ def test_packaged_config_listing_is_read_from_files():
             assert (config_dir() / group / f"{name}.yaml").is_file()
     assert "hydra" not in groups
     assert Path(config_dir(), "train.yaml").is_file()
+
+
+def test_hparams_search_null_needs_no_optuna(monkeypatch):
+    import segen.extras as extras
+
+    monkeypatch.setattr(extras, "installed", lambda module: False)  # as if no optional package were there
+    extras.check_choice("hparams_search", "null")  # no search: nothing to install
+    with pytest.raises(extras.MissingExtraError, match=r"pip install 'segen\[optuna\]'"):
+        extras.check_choice("hparams_search", "cnn_optuna")

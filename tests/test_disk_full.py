@@ -126,3 +126,4 @@ def test_a_really_full_tmpfs_keeps_the_old_checkpoint(tmp_path):
         assert torch.load(target, weights_only=True)["w"].sum() == 0
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+

@@ -45,14 +45,9 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 def training_curves(ckpt: Path) -> Path | None:
-    """`curves.png` of the run a checkpoint came from (`<run>/checkpoints/x.ckpt`), redrawn from
-    its metrics.csv, so an evaluation shows how the model got there."""
-    from segen.curves import write_curves
-
-    run = ckpt.expanduser().resolve().parent.parent
-    if ckpt.expanduser().resolve().parent.name != "checkpoints" or not (run / "metrics.csv").is_file():
-        return None
-    try:
-        return write_curves(run)
-    except OSError:  # a read-only run directory: the metrics above still stand
-        return None
+    """`curves.png` of the run a checkpoint came from (`<run>/checkpoints/x.ckpt`), so an
+    evaluation shows how the model got there. Only pointed at: the training run's files are
+    its own, and an evaluation never rewrites them."""
+    path = ckpt.expanduser().resolve()
+    curves = path.parent.parent / "curves.png"
+    return curves if path.parent.name == "checkpoints" and curves.is_file() else None
