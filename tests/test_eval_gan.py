@@ -106,6 +106,15 @@ def test_the_real_column_is_computed_on_the_real_images_as_documented(cgan_eval,
     assert report["metrics"]["confident/real"] == pytest.approx(float((p.max(1) > 0.9).mean()), abs=1e-9)
 
 
+def test_split_picks_the_real_images_of_a_generator_too(cgan_eval, tmp_path):
+    args, _, first = cgan_eval
+    assert first["protocol"]["split"] == "train"  # a generator's own default: the training images
+    result, path = evaluate(tmp_path, "val", *args, "split=val")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(path.read_text())
+    assert report["protocol"]["split"] == "val" and report["metrics"]["fid/floor"] != first["metrics"]["fid/floor"]
+
+
 def test_a_second_eval_hits_the_real_feature_cache_and_gives_the_same_numbers(cgan_eval, tmp_path):
     args, _, first = cgan_eval
     result, path = evaluate(tmp_path, "second", *args)
@@ -167,9 +176,9 @@ def test_class_consistency_on_real_labelled_images_equals_the_classifier_accurac
     [
         (("eval.features=classifier",), "needs eval.classifier_ckpt"),
         (("eval.features=classifier", "eval.classifier_ckpt=GAN"), "not a classifier"),
-        (("split=train",), "eval.split=train"),
+        (("split=holdout",), "split=holdout is not a split; use split=train, val or test"),
     ],
-    ids=["no-classifier-ckpt", "gan-as-classifier", "classifier-split-key"],
+    ids=["no-classifier-ckpt", "gan-as-classifier", "not-a-split"],
 )
 def test_eval_settings_that_cannot_work_fail_in_one_line(cgan_ckpt, tmp_path, args, text):
     args = [a.replace("=GAN", f"={cgan_ckpt}") for a in args]

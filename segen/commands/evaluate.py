@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from segen.checkpoint import load_checkpoint
 from segen.commands.common import quiet_lightning, restore, run_dir, stored_task_class
@@ -22,7 +22,10 @@ from segen.io import write_json
 def main(cfg: DictConfig) -> dict[str, float]:
     start = time.time()
     ckpt = load_checkpoint(cfg.ckpt)
-    stored_task_class(ckpt).check_eval_request(cfg)  # impossible requests fail before any work
+    cls = stored_task_class(ckpt)
+    with open_dict(cfg):  # split= for every kind; null: the kind's own (Task.eval_split)
+        cfg.split = cfg.split or (cfg.get("eval") or {}).get("split") or cls.eval_split
+    cls.check_eval_request(cfg)  # impossible requests fail before any work
     quiet_lightning()
     pl.seed_everything(cfg.seed, verbose=False)
     run_cfg, task, datamodule = restore(cfg, ckpt)

@@ -1,6 +1,6 @@
 """`segen eval` for generators (dcgan, cgan): FID, KID, IS, the confident share (and class consistency).
 
-`n_fake` images from the (EMA) generator are compared with `n_real` real images of `eval.split`
+`n_fake` images from the (EMA) generator are compared with `n_real` real images of `split`
 (train by default, as in StudioGAN's and clean-fid's protocols), in feature space of
 `eval.features` (Inception, offline weights, or a segen classifier): see configs/eval.yaml and
 segen/metrics/. The real features are cached (`paths.cache_dir`); the output says whether this
@@ -37,7 +37,6 @@ from segen.metrics.generative import (
     score_real,
 )
 from segen.metrics.scores import kid_subset_size
-from segen.overrides import override_keys
 from segen.tasks.base import Evaluation, Table
 
 SPLITS = ("train", "val", "test")
@@ -52,13 +51,10 @@ def _positive_int(ev: DictConfig, key: str, least: int) -> int:
 
 def check_settings(cfg: DictConfig) -> None:
     """Every impossible request fails in one line before a checkpoint or dataset is read."""
-    from hydra.core.hydra_config import HydraConfig
 
     ev = cfg.eval
-    if "split" in override_keys(HydraConfig.get().overrides.task):
-        raise ConfigError(f"split= picks the split that classifiers and segmenters are scored on; for a generator, pick the real images with eval.split={cfg.split}")
-    if ev.split not in SPLITS:
-        raise ConfigError(f"eval.split={ev.split} is not a split; use eval.split=train, val or test")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split} is not a split; use split=train, val or test (the real images generated ones are compared with)")
     _positive_int(ev, "n_fake", 2)
     _positive_int(ev, "n_real", 2)
     _positive_int(ev, "batch_size", 1)
@@ -80,7 +76,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
-    """FID/KID/IS (and class consistency) of `task`'s sampler against real images of `eval.split`."""
+    """FID/KID/IS (and class consistency) of `task`'s sampler against real images of `split`."""
     start = time.time()
     ev = cfg.eval
     device = pick_device(str(ev.device))
@@ -114,13 +110,13 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
         )
 
     datamodule.prepare_data()
-    images = datamodule.split_images(ev.split)
+    images = datamodule.split_images(cfg.split)
     real = real_subset(images, ev.n_real)
     if len(real) < ev.n_real:
-        notes.append(f"[yellow]Note:[/] the {ev.split} split has {len(images)} images; using all of them as the real set (eval.n_real={ev.n_real})")
+        notes.append(f"[yellow]Note:[/] the {cfg.split} split has {len(images)} images; using all of them as the real set (eval.n_real={ev.n_real})")
     n_real = len(real)
 
-    label = f"{data}-{ev.split}-{n_real}-{net.name}"
+    label = f"{data}-{cfg.split}-{n_real}-{net.name}"
     real_start = time.time()
     cache_dir = cfg.paths.cache_dir if ev.cache else None
     reals = real_features(real, net, cache_dir, label, ev.batch_size, device) if (ev.fid or ev.kid or ev["is"] or threshold is not None) else None
@@ -145,7 +141,7 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
         notes.append(f"[yellow]Note:[/] no FID/KID floor: it needs two halves of at least 2 real images, and there are {n_real}")
 
     tables = [Table(
-        f"{model} on {data}: {ev.n_fake} generated vs {n_real} real ({ev.split}), {net.name} features",
+        f"{model} on {data}: {ev.n_fake} generated vs {n_real} real ({cfg.split}), {net.name} features",
         realism_rows(scores), ("metric", "generated", "real"),
     )]
     if floor and (ev.fid or ev.kid):
@@ -162,7 +158,7 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
     protocol = {
         "n_real": n_real,
         "n_fake": ev.n_fake,
-        "split": ev.split,
+        "split": cfg.split,
         "real_subset": "the whole split" if n_real == len(images) else REAL_SUBSET,
         "fake_labels": "balanced: 0, 1, ..., K-1, 0, ..." if task.conditional else None,
         "sampler": "EMA generator" if task.ema_decay is not None else "generator",

@@ -54,6 +54,7 @@ class Task(pl.LightningModule):
     - `image_range`: "standardized" (mean/std of the data) or "symmetric" ([-1, 1], for tanh
       generators).
     - `test_after_fit`: whether `segen train test=true` ends with a test pass.
+    - `eval_split`: the split `segen eval` scores when `split=` is not given.
     - `generates`: whether `sample(noise, labels)` draws images (FID callback, `segen sample`).
     - `segments`: whether `predict_masks(images, datamodule)` and `mask_features(images,
       datamodule)` segment uint8 images (a segmenter that can judge generated images: the
@@ -64,6 +65,7 @@ class Task(pl.LightningModule):
     batch_target: ClassVar[str | None] = None
     image_range: ClassVar[str] = "standardized"
     test_after_fit: ClassVar[bool] = True
+    eval_split: ClassVar[str] = "test"
     generates: ClassVar[bool] = False
     segments: ClassVar[bool] = False
 

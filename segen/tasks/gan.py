@@ -109,6 +109,7 @@ class GANTask(GeneratorEMA, Task):
     needs = frozenset()  # every dataset has images
     image_range = "symmetric"  # images in [-1, 1], the range of the generator's tanh
     test_after_fit = False  # no test metric: `segen eval` scores generators (FID/KID/IS)
+    eval_split = "train"  # the real images FID compares with: StudioGAN's and clean-fid's protocol
     generates = True
 
     def __init__(
