@@ -60,7 +60,7 @@ def test_task_declares_its_data_needs():
 
     unlabelled = DataInfo(name="unlabelled", channels=3, image_size=(32, 32), mask_class_names=("void", "thing"))
     node = OmegaConf.create({"_target_": "segen.tasks.gan.ConditionalGANTask"})
-    with pytest.raises(IncompatibleError, match="model=cgan needs labels, which data=unlabelled does not provide; choose a dataset with labels: cifar10, mnist, shapes"):
+    with pytest.raises(IncompatibleError, match="model=cgan needs labels, which data=unlabelled does not provide; choose a dataset with labels: cifar10, folder, mnist, shapes"):
         task_class(node).check_data(unlabelled, "cgan", "unlabelled")
     GANTask.check_data(unlabelled, "dcgan", "unlabelled")  # any images will do
 
@@ -127,7 +127,9 @@ def read_metrics(run: Path) -> dict[str, list[float]]:
 
 def check_run(result, run: Path, rows: int, size: int, channels: int) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    # No metric ranks a GAN's checkpoints (model.monitor=null): no best.ckpt beside last.ckpt.
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "checkpoints" / "best.ckpt").exists()
+    assert "Best checkpoint: none (model.monitor is null" in " ".join(result.stdout.split())
     grid = Image.open(run / "samples" / "epoch_000.png")
     assert grid.size == (8 * (size + 2) + 2, rows * (size + 2) + 2)
     assert grid.mode == "RGB"  # torchvision's make_grid repeats grey images to 3 channels

@@ -25,6 +25,7 @@ from segen.commands.common import choices, fit_data_to_task, quiet_lightning, ru
 from segen.config import bind_data, build
 from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
+from segen.perf import apply_fast_path
 from segen.sweep import RunResult
 from segen.trackers import finish_run, log_config
 
@@ -71,6 +72,7 @@ def main(cfg: DictConfig) -> RunResult:
     drop_lightning_lines(*NOISE)
     picked = choices()
     cfg, resume_from, changes = resume_point(cfg, picked)
+    note(apply_fast_path(cfg).line())  # precision/channels_last "auto" resolved: segen/perf.py
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Built first: a tracker whose package is missing fails here, before data is touched.
     loggers = [build(c, "logger") for c in (cfg.get("logger") or {}).values() if c is not None]
@@ -93,6 +95,9 @@ def main(cfg: DictConfig) -> RunResult:
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if resume_from:
         callbacks.append(ResumeReport(resume_from, changes))
+    for callback in callbacks:
+        if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.monitor is None:
+            callback.save_top_k = 0  # nothing ranks checkpoints: best.ckpt would only copy last.ckpt
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
@@ -116,7 +121,11 @@ def main(cfg: DictConfig) -> RunResult:
 
     report = finish_run(trainer, out, metrics, best, test_pass)  # metrics.json, curves.png, tracker artifacts
     note(f"Run directory: {out}")
-    note(f"Best checkpoint: {best}" if best else "Best checkpoint: none (no validation score was logged)")
+    if best:
+        note(f"Best checkpoint: {best}")
+    else:
+        why = "model.monitor is null: nothing ranks checkpoints" if task.monitor is None else "no validation score was logged"
+        note(f"Best checkpoint: none ({why}); the newest weights are {out / 'checkpoints' / 'last.ckpt'}")
     if test_pass is not None:
         scored, count, weights = test_pass["split"], test_pass["num_images"], test_pass["checkpoint"]
         if scored == "test":

@@ -26,8 +26,8 @@ Lightning counts each optimizer step in `trainer.global_step`, so `trainer.max_s
 D and G steps together.
 
 A GAN has no validation metric that says "better" (FID needs far more samples than an epoch's
-end can afford), so `monitor` is null: the checkpoint callback then keeps the newest weights
-as best.ckpt, the same as last.ckpt. Progress is watched in `<run dir>/samples/epoch_XXX.png`.
+end can afford), so `monitor` is null and only last.ckpt is written (`callbacks=fid` with
+`model.monitor=val/fid` adds a best.ckpt). Progress is watched in `<run dir>/samples/epoch_XXX.png`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ GRID_COLUMNS = 8
 
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """D's loss on real and fake logits; summed over both halves (as in pytorch/examples/dcgan)."""
+    """D's loss on real and fake logits; summed over both halves (as in pytorch/examples/dcgan).
+    In fp32 under bf16 autocast: its means and softplus are not on autocast's fp32 list."""
+    real, fake = real.float(), fake.float()
     if kind == "hinge":  # Lim & Ye 2017; used by SNGAN and BigGAN
         return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
     if kind == "lsgan":  # Mao et al. 2017: least squares to the targets 1 (real) and 0 (fake)
@@ -67,6 +69,7 @@ def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> tor
 
 def generator_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
     """G's loss; "bce" is the non-saturating -log D(G(z)) of Goodfellow et al. 2014, sec. 3."""
+    fake = fake.float()
     if kind == "hinge":
         return -fake.mean()
     if kind == "lsgan":
@@ -219,6 +222,7 @@ class GANTask(GeneratorEMA, Task):
         return (self.discriminator(images, labels) if self.conditional else self.discriminator(images)), None
 
     def _d_output(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
         return torch.sigmoid(logits).mean() if self.loss == "bce" else logits.mean()
 
     # -- training ---------------------------------------------------------------------------------
