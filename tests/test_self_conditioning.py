@@ -107,8 +107,9 @@ def test_clustered_discriminator_projects_the_code():
 class FakeTrainer:
     """What the clustering hooks read from a trainer: one process, the data, the epochs."""
 
-    def __init__(self, images: torch.Tensor, max_epochs: int = 8):
+    def __init__(self, images: torch.Tensor, max_epochs: int = 8, max_steps: int = -1):
         self.is_global_zero, self.max_epochs, self.current_epoch = True, max_epochs, 0
+        self.max_steps, self.global_step = max_steps, 0
         self.datamodule = type("Data", (), {"split_images": staticmethod(lambda split: images)})()
         self.strategy = type("Strategy", (), {"broadcast": staticmethod(lambda obj, src=0: obj)})()
 
@@ -166,6 +167,21 @@ def test_recluster_on_discriminator_features_keeps_codes_matched():
     trainer.current_epoch = 7
     task._recluster_if_due()
     assert int(task.clusters.refits) == 1  # one refit was asked for
+
+
+def test_recluster_at_is_a_share_of_max_steps_when_steps_end_the_run():
+    torch.manual_seed(0)
+    task = clustered_task(recluster_at=[0.5])
+    images, _ = three_kinds()
+    trainer = FakeTrainer(images, max_epochs=-1, max_steps=300)  # `trainer.max_steps=300`, epochs unbounded
+    attach(task, trainer)
+    task.on_fit_start()
+    trainer.current_epoch, trainer.global_step = 2, 140
+    task._recluster_if_due()
+    assert int(task.clusters.refits) == 0  # 140 of 300 steps: not half yet
+    trainer.current_epoch, trainer.global_step = 3, 160
+    task._recluster_if_due()
+    assert int(task.clusters.refits) == 1  # the first epoch end past step 150
 
 
 def test_match_clusters_keeps_the_most_images_on_their_code():

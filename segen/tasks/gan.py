@@ -293,11 +293,16 @@ class GANTask(GeneratorEMA, Task):
             self._say(f"Self-conditioning: {self.code_classes} k-means clusters of {int(sizes.sum())} training images (pixels), sizes {sizes.tolist()}")
 
     def _recluster_if_due(self) -> None:
-        """Refit the clusters on D's features at each `recluster_at` fraction of the run's epochs."""
+        """Refit the clusters on D's features at each `recluster_at` fraction of the run, at the
+        first epoch end past it: the run's length is `trainer.max_epochs` or `trainer.max_steps`,
+        whichever ends it first."""
         done = int(self.clusters.refits)
-        if done >= len(self.recluster_at) or not self.trainer.max_epochs or self.trainer.max_epochs < 1:
+        if done >= len(self.recluster_at):
             return
-        if self.current_epoch + 1 < round(self.recluster_at[done] * self.trainer.max_epochs):
+        trainer, share = self.trainer, self.recluster_at[done]
+        by_epochs = trainer.max_epochs is not None and trainer.max_epochs > 0 and self.current_epoch + 1 >= round(share * trainer.max_epochs)
+        by_steps = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= round(share * trainer.max_steps)
+        if not (by_epochs or by_steps):
             return
         sizes, changed = self.clusters.refit(self.discriminator.features, self._cluster_images(), MAX_CLUSTER_IMAGES)
         sizes = self._follow_clusters(sizes)
