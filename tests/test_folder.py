@@ -70,12 +70,16 @@ def test_carving_is_seeded_disjoint_and_covers_train(tmp_path):
     dm.setup()
     sizes = {k: len(v) for k, v in dm.splits.items()}
     assert sizes == {"train": 21, "val": 6, "test": 3}
-    rows = {k: set(dm.rows[k].tolist()) for k in ("train", "val", "test")}
-    assert not (rows["train"] & rows["val"]) and not (rows["train"] & rows["test"]) and not (rows["val"] & rows["test"])
-    assert rows["train"] | rows["val"] | rows["test"] == set(range(30))
+    parts = {k: {str(p) for p, _ in dm.files(k)} for k in ("train", "val", "test")}
+    assert not (parts["train"] & parts["val"]) and not (parts["train"] & parts["test"]) and not (parts["val"] & parts["test"])
+    assert set.union(*parts.values()) == {str(p) for p in (root / "train").rglob("*.png")}
+    for split, part in parts.items():  # each split is its own cache file, rows in file order
+        files = sorted(part)
+        expected = np.stack([np.asarray(Image.open(f)).transpose(2, 0, 1) for f in files])
+        assert np.array_equal(dm.splits[split].images.numpy(), expected)
+        assert dm.splits[split].targets.tolist() == [CLASSES.index(Path(f).parent.name) for f in files]
     again = datamodule(root, tmp_path, val_split=0.2, test_split=3)
-    again.setup()
-    assert all(torch.equal(again.rows[k], dm.rows[k]) for k in rows)
+    assert all(again.files(k) == dm.files(k) for k in parts)
     assert [e.name for e in dm.examples("val", 2)][0].split("_")[0] in CLASSES  # named <class>_<stem>
 
 
@@ -101,8 +105,12 @@ def test_any_mode_and_size_is_converted_by_the_stated_policy(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(stored).save(root / "train" / "b" / "phone.jpg", exif=exif, quality=100)
 
+    for split in ("val", "test"):  # present, so train/ is not carved
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(bar_image(0, (10, 10))).save(root / split / "a" / "x.png")
+
     def decoded(**kwargs):
-        dm = datamodule(root, tmp_path, image_size=10, val_split=1, test_split=1, **kwargs)
+        dm = datamodule(root, tmp_path, image_size=10, **kwargs)
         cache = dm.load_cached("train")
         return {Path(name).name: cache.tensor("images")[i].permute(1, 2, 0).numpy() for i, name in enumerate(cache.meta["files"])}
 
@@ -117,7 +125,7 @@ def test_any_mode_and_size_is_converted_by_the_stated_policy(tmp_path):
     assert phone[:4].mean() > 200 and phone[-4:].mean() < 50  # stood up by its EXIF orientation: white on top
     stretched = decoded(resize="stretch")["wide.PNG"]
     assert (stretched[:, 0, 0] > 200).all() and (stretched[:, -1, 1] > 200).all()  # all three bands kept, squeezed
-    grey_only = datamodule(root, tmp_path, image_size=10, channels=1, val_split=1, test_split=1).load_cached("train")
+    grey_only = datamodule(root, tmp_path, image_size=10, channels=1).load_cached("train")
     assert grey_only.tensor("images").shape == (5, 1, 10, 10)
 
 

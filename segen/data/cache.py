@@ -255,8 +255,9 @@ class CachedDataset(torch.utils.data.Dataset):
         return self.rows[index] if self.rows is not None else index
 
     def _whole(self, name: str) -> torch.Tensor:
-        mapped = self.cache.tensor(name)
-        return mapped if self.rows is None else mapped[self.rows]
+        # A carved split is gathered with reads (its rows are scattered over the file), so the
+        # copy is the only memory it costs; a whole file is a map, paged in only where touched.
+        return self.cache.tensor(name) if self.rows is None else self.cache.read_rows(name, self.rows)
 
     @property
     def images(self) -> torch.Tensor:

@@ -110,9 +110,9 @@ class FolderDataModule(InMemoryImageDataModule):
         self.skip_bad_files = skip_bad_files
         self._class_names = tuple(class_names) if class_names else None
         self._stored_names: tuple[str, ...] | None = None  # from a checkpoint (`load_state_dict`)
+        self._folder_files: dict[str, list[tuple[Path, int]]] = {}
         self._files: dict[str, list[tuple[Path, int]]] = {}
         self.caches: dict[str, CacheFile] = {}
-        self.rows: dict[str, torch.Tensor | None] = {}
 
     # -- classes -------------------------------------------------------------------------------
     @property
@@ -158,9 +158,9 @@ class FolderDataModule(InMemoryImageDataModule):
     def has_folder(self, split: str) -> bool:
         return (self._split_dir(split)).is_dir()
 
-    def files(self, split: str) -> list[tuple[Path, int]]:
+    def folder_files(self, split: str) -> list[tuple[Path, int]]:
         """Sorted (image, label) pairs of a split folder; every class folder must hold images."""
-        if split not in self._files:
+        if split not in self._folder_files:
             folder = self._split_dir(split)
             index = {name: i for i, name in enumerate(self.class_names)}
             found: list[tuple[Path, int]] = []
@@ -178,7 +178,23 @@ class FolderDataModule(InMemoryImageDataModule):
                 found += [(path, index[class_dir.name]) for path in images]
             if not found:
                 raise DataError(f"no images in {folder} ({', '.join(IMAGE_EXTENSIONS)}, any case); {LAYOUT}")
-            self._files[split] = found
+            self._folder_files[split] = found
+        return self._folder_files[split]
+
+    def files(self, split: str) -> list[tuple[Path, int]]:
+        """The (image, label) pairs of a split: its folder's, or carved (seeded) out of train/'s
+        before decoding, so every split is a cache file of its own (whole-split reads map it)."""
+        if not self._files:
+            pool = self.folder_files("train")
+            rest = torch.arange(len(pool))
+            for name, amount, seed in (("test", self.test_holdout, self.split_seed), ("val", self.val_split, self.split_seed + 1)):
+                if self.has_folder(name):
+                    self._files[name] = self.folder_files(name)
+                    continue
+                kept, held = carve(len(rest), of_total(amount, len(pool)), seed, f"{name}_split")
+                self._files[name] = [pool[i] for i in rest[held].tolist()]
+                rest = rest[kept]
+            self._files["train"] = [pool[i] for i in rest.tolist()]
         return self._files[split]
 
     # -- cache ---------------------------------------------------------------------------------
@@ -236,37 +252,19 @@ class FolderDataModule(InMemoryImageDataModule):
     def prepare_data(self) -> None:
         # One process per node decodes and writes the caches; the others open them in setup.
         for split in SPLITS:
-            if self.has_folder(split):
-                self.load_cached(split)
+            self.load_cached(split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        sources: dict[str, tuple[str, torch.Tensor | None]] = {"train": ("train", None)}
-        total = len(self.load_cached("train"))
-        rest = torch.arange(total)
-        if self.has_folder("test"):
-            sources["test"] = ("test", None)
-        else:
-            kept, held = carve(len(rest), of_total(self.test_holdout, total), self.split_seed, "test_split")
-            rest, sources["test"] = rest[kept], ("train", rest[held])
-        if self.has_folder("val"):
-            sources["val"] = ("val", None)
-        else:
-            kept, held = carve(len(rest), of_total(self.val_split, total), self.split_seed + 1, "val_split")
-            rest, sources["val"] = rest[kept], ("train", rest[held])
-        sources["train"] = ("train", None if len(rest) == len(self.load_cached("train")) else rest)
-        for split, (folder, rows) in sources.items():
-            self.rows[split] = rows
-            self.splits[split] = split_dataset(self.load_cached(folder), "labels", rows, in_memory=self.in_memory)
-        self.sources = {split: folder for split, (folder, _) in sources.items()}
+        for split in SPLITS:
+            self.splits[split] = split_dataset(self.load_cached(split), "labels", in_memory=self.in_memory)
 
     def examples(self, split: str, count: int) -> list[Example]:
         """The first `count` examples of a split, named after their files (`<class>_<stem>`)."""
         picked = super().examples(split, count)
-        names = self.load_cached(self.sources[split]).meta["files"]
-        rows = self.rows[split]
+        names = self.load_cached(split).meta["files"]
         for i, example in enumerate(picked):
-            relative = Path(names[int(rows[i]) if rows is not None else i])
+            relative = Path(names[i])
             example.name = f"{relative.parts[1]}_{relative.stem}" if len(relative.parts) > 2 else relative.stem
         return picked
