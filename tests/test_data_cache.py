@@ -122,3 +122,13 @@ def test_an_unwritable_cache_folder_is_one_line_naming_data_cache_dir(camvid_roo
     text = str(err.value)
     assert "data.cache_dir=" in text and str(tmp_path / "locked") in text and "\n" not in text
     assert not os.path.exists(tmp_path / "locked" / "camvid") or not any((tmp_path / "locked" / "camvid").iterdir())
+
+
+def test_reads_larger_than_one_system_call_are_completed(tmp_path, monkeypatch):
+    # Linux returns at most ~2 GiB per read: a whole-split load (data.in_memory=true) of a 3 GB
+    # cache takes several. Here every read returns at most 100 bytes.
+    images = np.random.default_rng(1).integers(0, 256, size=(6, 3, 8, 8), dtype=np.uint8)
+    write_cache(tmp_path / "s.u8", {"images": ("uint8", (3, 8, 8))}, ({"images": x} for x in images), 6)
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: real(fd, [buffers[0][:100]], offset))
+    assert np.array_equal(CacheFile(tmp_path / "s.u8").load("images").numpy(), images)

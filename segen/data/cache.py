@@ -143,15 +143,22 @@ class CacheFile:
             end = start + 1
             while end < len(rows) and rows[end] == rows[end - 1] + 1:
                 end += 1
-            got = os.preadv(fd, [target[start * row_bytes : end * row_bytes]], spec["offset"] + rows[start] * row_bytes)
-            if got != (end - start) * row_bytes:
-                raise DataError(f"cache file {self.path} is shorter than it says (changed while in use?); delete it and run again")
+            self._read_into(fd, target[start * row_bytes : end * row_bytes], spec["offset"] + rows[start] * row_bytes)
             start = end
         if bool((order == torch.arange(len(order))).all()):
             return torch.from_numpy(ordered)
         out = np.empty_like(ordered)
         out[order.numpy()] = ordered
         return torch.from_numpy(out)
+
+    def _read_into(self, fd: int, view: memoryview, offset: int) -> None:
+        """Fill `view` from `offset`; a read returns at most ~2 GiB (Linux), so loop."""
+        done = 0
+        while done < len(view):
+            got = os.preadv(fd, [view[done : done + (1 << 30)]], offset + done)
+            if got <= 0:
+                raise DataError(f"cache file {self.path} is shorter than it says (changed while in use?); delete it and run again")
+            done += got
 
     def close(self) -> None:
         if self._fd is not None and self._fd[0] == os.getpid():
