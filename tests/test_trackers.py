@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import struct
 from pathlib import Path
@@ -18,7 +19,50 @@ def train(tmp_path: Path, *args: str):
     return run_segen("train", *TINY, *args, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
 
 
-@pytest.mark.slow  # a smoke training with MLflow's SQLite store: ~40-70 s on 2 cores
+def resume_one_more_epoch(tmp_path: Path) -> None:
+    """Resume the run of `train` for a second epoch: what it reads from the tracker run's own
+    metrics.csv (appended, not erased) and its curves.png must both be there."""
+    run = tmp_path / "run"
+    first = [row["epoch"] for row in csv.DictReader((run / "metrics.csv").open())]
+    result = run_segen("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stdout
+    epochs = [row["epoch"] for row in csv.DictReader((run / "metrics.csv").open())]
+    assert epochs[: len(first)] == first and "1" in epochs[len(first) :]  # kept, then epoch 1 appended
+    assert (run / "curves.png").is_file() and (run / "hparams.yaml").is_file()
+
+
+def test_every_logger_choice_keeps_metrics_csv_in_the_run_directory():
+    """`logger=X` for every X in configs/logger/: segen's CSV logger, writing into the run directory."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from segen.config import config_dir
+
+    choices = sorted(p.stem for p in (config_dir() / "logger").glob("*.yaml"))
+    assert {"csv", "tensorboard", "mlflow", "wandb", "many"} <= set(choices)
+    for choice in choices:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+            cfg = compose(config_name="train", overrides=[f"logger={choice}"])
+        loggers = OmegaConf.to_container(cfg.logger, resolve=False)
+        csv_loggers = [c for c in loggers.values() if c and c["_target_"] == "segen.loggers.CSVLogger"]
+        assert len(csv_loggers) == 1, (choice, loggers)
+        assert csv_loggers[0]["save_dir"] == "${paths.output_dir}" and csv_loggers[0]["name"] == csv_loggers[0]["version"] == "", choice
+
+
+@pytest.mark.slow  # two smoke trainings (the run, then its resume): ~30-60 s on 2 cores
+def test_tensorboard_run_keeps_metrics_csv_and_resumes(tmp_path):
+    result = train(tmp_path, "logger=tensorboard", "test=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for name in ("metrics.csv", "curves.png", "hparams.yaml"):
+        assert (run / name).is_file(), name
+    assert "val/acc" in (run / "metrics.csv").read_text()
+    resume_one_more_epoch(tmp_path)
+
+
+@pytest.mark.slow  # a smoke training with MLflow's SQLite store, then its resume: ~60-100 s on 2 cores
 def test_mlflow_run_holds_params_metrics_and_artifacts(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -40,6 +84,7 @@ def test_mlflow_run_holds_params_metrics_and_artifacts(tmp_path):
     assert (tmp_path / "run" / "metrics.csv").is_file() and (tmp_path / "run" / "curves.png").is_file()
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert report["monitor"] == "val/acc" and report["best_checkpoint"].endswith("best.ckpt")
+    resume_one_more_epoch(tmp_path)
 
 
 def wandb_records(path: Path):
@@ -64,7 +109,7 @@ def wandb_records(path: Path):
             yield record
 
 
-@pytest.mark.slow  # a smoke training with wandb's service process: ~40 s on 2 cores
+@pytest.mark.slow  # a smoke training with wandb's service process, then its resume: ~60 s on 2 cores
 def test_wandb_offline_run_is_readable_by_wandb(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     import subprocess
@@ -96,6 +141,7 @@ def test_wandb_offline_run_is_readable_by_wandb(tmp_path, monkeypatch):
     sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(run_file.parent)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert "Would sync 1 run" in sync.stdout + sync.stderr, sync.stdout + sync.stderr
+    resume_one_more_epoch(tmp_path)
 
 
 @pytest.mark.parametrize(
