@@ -116,3 +116,52 @@ def test_classifier_checkpoint_keeps_its_one_line_error(tmp_path):
     result = sample(tmp_path, f"ckpt={ckpt}")
     assert result.returncode == 2
     assert "cnn is not a generative model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+class _FirstClassSegmenter(torch.nn.Module):
+    """A stand-in segmenter: predicts "circle" where the image's red channel is bright, else background."""
+
+    num_classes = 5
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 5, *x.shape[-2:])
+        logits[:, 1] = (x[:, 0] > 0).float() * 2 - 1
+        return logits
+
+
+@pytest.mark.parametrize("with_input", [True, False])
+def test_unet_grid_says_what_its_third_column_is(tmp_path, capsys, with_input):
+    """Photos from input= have no truth: the third column is the overlay, and the line says so;
+    validation images show their truth mask."""
+    from functools import partial
+
+    from omegaconf import OmegaConf
+
+    from segen.data.shapes import ShapesDataModule
+    from segen.outputs.masks import write_masks
+    from segen.tasks.segmentation import SegmentationTask
+
+    datamodule = ShapesDataModule(num_train=20, num_test=4, batch_size=4, val_split=4)
+    datamodule.use_target("masks")  # as the segmentation task asks before setup
+    task = SegmentationTask(_FirstClassSegmenter(), optimizer=partial(torch.optim.SGD, lr=0.1))
+    cfg = {"n": 2}
+    if with_input:
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for i, example in enumerate(datamodule.examples("val", 2)):
+            Image.fromarray(example.image.permute(1, 2, 0).numpy()).save(photos / f"photo{i}.png")
+        cfg = {"input": str(photos)}
+    out = tmp_path / "out"
+    write_masks(task, OmegaConf.create(cfg), datamodule, out)
+    line = " ".join(capsys.readouterr().out.split())
+    grid = np.asarray(Image.open(out / "grid.png").convert("RGB"))
+    grid = grid[:: grid.shape[1] // (3 * 34 + 2), :: grid.shape[1] // (3 * 34 + 2)]  # undo the legend's upscaling
+    first = "photo0" if with_input else "val_0000"
+    third = grid[2:34, 2 + 2 * 34 : 2 + 2 * 34 + 32]  # row 0, column 2 of 32-pixel tiles, 2-pixel padding
+    overlay = np.asarray(Image.open(out / "images" / f"{first}_overlay.png").convert("RGB"))
+    if with_input:
+        assert "grid.png: image | prediction | overlay" in line and "truth" not in line.replace("no truth", ""), line
+        assert np.array_equal(third, overlay)
+    else:
+        assert "grid.png: image | prediction | truth" in line, line
+        assert not np.array_equal(third, overlay)

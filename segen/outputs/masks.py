@@ -88,8 +88,18 @@ def requested_examples(cfg: DictConfig, datamodule) -> list[Example]:
     return datamodule.examples("val", int(cfg.get("n") or DEFAULT_COUNT))
 
 
+def grid_columns(examples: list[Example]) -> str:
+    """What grid.png's three columns show: the truth mask where the examples have one (validation
+    images), else the overlay (photos from `input=` come without labels)."""
+    if all(ex.mask is not None for ex in examples):
+        return "image | prediction | truth"
+    if all(ex.mask is None for ex in examples):
+        return "image | prediction | overlay (the inputs have no truth masks)"
+    return "image | prediction | truth, or overlay where an input has no truth mask"
+
+
 def grid_rows_per_line(count: int, height: int, width: int) -> int:
-    """How many image|prediction|truth rows to put side by side for a near-square grid."""
+    """How many image|prediction|third-column rows to put side by side for a near-square grid."""
     return max(1, min(count, round(math.sqrt(count * height / (3 * width)))))
 
 
@@ -135,6 +145,6 @@ def write_masks(task, cfg: DictConfig, datamodule, out_dir: Path) -> list[Path]:
         per_line = grid_rows_per_line(len(rows), h, w)
         grid_path = save_grid(torch.cat(rows), out_dir / "grid.png", nrow=3 * per_line)
         written.append(legend(grid_path, info.mask_class_names, palette))
-    what = "label-id PNGs" if fmt == "labelids" else "masks and overlays (grid.png: image | prediction | truth)"
+    what = "label-id PNGs" if fmt == "labelids" else f"masks and overlays (grid.png: {grid_columns(examples)})"
     console.print(f"[bold]Wrote[/] {what} for {len(examples)} image(s) to {out_dir}", soft_wrap=True)
     return written
