@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from segen.commands.common import load_task
+from segen.restore import restore_task
 from segen.viz import to_uint8
 
 
@@ -27,8 +27,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    gan_cfg, gan, gan_data = load_task(args.cgan_ckpt)
-    cnn_cfg, cnn, cnn_data = load_task(args.cnn_ckpt)
+    gan_cfg, gan, gan_data = restore_task(args.cgan_ckpt)
+    cnn_cfg, cnn, cnn_data = restore_task(args.cnn_ckpt)
     gan, cnn = gan.eval(), cnn.eval()
     gan_name, cnn_name = gan_cfg.choices.get("model"), cnn_cfg.choices.get("model")
     if not getattr(gan, "conditional", False):

@@ -164,13 +164,13 @@ def test_segen_export_checks_onnx_and_torchscript(checkpoints, model, tmp_path):
 def test_readme_script_classifies_like_pytorch(checkpoints, tmp_path):
     """scripts/classify_onnx.py (the README's snippet) reads only the sidecar, and agrees with
     the checkpoint's own prediction on the same images (normalized the way `segen eval` does)."""
-    from segen.commands.common import load_task
     from segen.data.shapes import make_shapes
+    from segen.restore import restore_task
 
     out = tmp_path / "model.onnx"
     result = run_segen("export", f"ckpt={checkpoints['cnn']}", f"out={out}", f"hydra.run.dir={tmp_path}/hydra", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, task, datamodule = load_task(checkpoints["cnn"])
+    _, task, datamodule = restore_task(checkpoints["cnn"])
     images, _, _ = make_shapes(6, seed=123)
     with torch.no_grad():
         expected = task.eval()(datamodule.normalize(images)).argmax(1)

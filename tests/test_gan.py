@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segen.commands.common import task_class
 from segen.config import bind_data, build, config_dir
 from segen.data.info import DataInfo
 from segen.errors import ConfigError, IncompatibleError
 from segen.models import cgan, dcgan
+from segen.restore import task_class
 from segen.tasks.gan import ConditionalGANTask, GANTask, discriminator_loss, generator_loss
 
 

@@ -150,11 +150,11 @@ def test_fcn_score_matches_an_independent_numpy_count(runs, tmp_path):
 
     # Independently: the same generated images (seeded dropout), the segmenter's predictions,
     # and a numpy confusion matrix over the whole split.
-    from segen.commands.common import load_task
+    from segen.restore import restore_task
     from segen.viz import to_uint8
 
-    _, p2p, dm = load_task(runs["pix2pix"])
-    _, seg, seg_dm = load_task(runs["unet"])
+    _, p2p, dm = restore_task(runs["pix2pix"])
+    _, seg, seg_dm = restore_task(runs["unet"])
     dm.setup("test")
     real, masks = dm.splits["test"].images, dm.splits["test"].targets.long()
     fake = to_uint8(p2p.translate(masks, seed=5, batch_size=250))

@@ -171,7 +171,7 @@ def test_unet_on_shapes_trains_evaluates_and_samples(segen, tmp_path: Path):
 
 def restore_without_hydra(ckpt: Path):
     """What `segen sample` rebuilds from a checkpoint, minus the Hydra run context."""
-    from segen.commands.common import load_task
+    from segen.restore import restore_task
 
-    run_cfg, task, dm = load_task(ckpt)
+    run_cfg, task, dm = restore_task(ckpt)
     return task, dm, run_cfg

@@ -1,14 +1,15 @@
-"""Pieces the commands share: run-dir lookup, compatibility checks, model rebuild from ckpt."""
+"""Pieces the commands share: run-dir lookup, compatibility checks, and `restore` (a checkpoint's
+task with this command's `data.*`/`model.*` edits, through segen/restore.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from segen.checkpoint import checkpoint_config, load_checkpoint
-from segen.config import build
 from segen.errors import ConfigError, IncompatibleError
+from segen.restore import fit_data_to_task, restore_task, task_class  # noqa: F401 (fit_data_to_task: scripts)
 
 
 def run_dir() -> Path:
@@ -23,25 +24,10 @@ def choices() -> dict[str, str]:
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
 
 
-def task_class(model_cfg: DictConfig):
-    """The task class a model config builds (its `_target_`), without building it."""
-    from hydra.utils import get_class
-
-    return get_class(model_cfg._target_)
-
-
 def stored_task_class(ckpt: dict):
     """The task class of a loaded checkpoint."""
     run_cfg, _ = checkpoint_config(ckpt)
     return task_class(run_cfg.model)
-
-
-def fit_data_to_task(model_cfg: DictConfig, datamodule, model_name: str, data_name: str) -> None:
-    """Check that the data can serve the task and set its batch target and image range, before
-    any heavy work; an incompatible pair fails in one line (`Task.check_data`)."""
-    cls = task_class(model_cfg)
-    cls.check_data(datamodule.info, model_name, data_name)
-    cls.fit_data(datamodule)
 
 
 def restore(cfg: DictConfig, ckpt: dict | None = None):
@@ -70,24 +56,7 @@ def restore(cfg: DictConfig, ckpt: dict | None = None):
         except Exception as err:  # omegaconf raises ConfigKeyError/ValidationError subclasses
             raise ConfigError(f"cannot apply {group} overrides to this checkpoint's config: {str(err).splitlines()[0]}") from None
         OmegaConf.set_struct(run_cfg[group], False)
-    return rebuild(ckpt, run_cfg, stored)
-
-
-def rebuild(ckpt: dict, run_cfg: DictConfig, stored: dict[str, str]):
-    """(run config with `choices`, task with the checkpoint's weights, datamodule fitted to it)."""
-    datamodule = build(run_cfg.data, "data")
-    fit_data_to_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
-    task = build(run_cfg.model, "model")
-    task.load_state_dict(ckpt["state_dict"])
-    with open_dict(run_cfg):
-        run_cfg.choices = stored
-    return run_cfg, task, datamodule
-
-
-def load_task(path) -> tuple[DictConfig, object, object]:
-    """`restore` for scripts and tests: the checkpoint alone, no overrides, no Hydra app."""
-    ckpt = load_checkpoint(path)
-    return rebuild(ckpt, *checkpoint_config(ckpt))
+    return restore_task(ckpt, run_cfg, stored)
 
 
 _LIGHTNING_NOISE = (

@@ -21,11 +21,12 @@ from segen.checkpoint import (
     checkpoint_config,
     load_checkpoint,
 )
-from segen.commands.common import choices, fit_data_to_task, quiet_lightning, run_dir
+from segen.commands.common import choices, quiet_lightning, run_dir
 from segen.config import bind_data, build
 from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
 from segen.perf import apply_fast_path
+from segen.restore import fit_data_to_task
 from segen.sweep import RunResult
 from segen.trackers import finish_run, log_config
 

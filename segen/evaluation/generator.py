@@ -37,9 +37,7 @@ from segen.metrics.generative import (
     score_real,
 )
 from segen.metrics.scores import kid_subset_size
-from segen.tasks.base import Evaluation, Table
-
-SPLITS = ("train", "val", "test")
+from segen.reports import SPLITS, Evaluation, Table
 
 
 def _positive_int(ev: DictConfig, key: str, least: int) -> int:

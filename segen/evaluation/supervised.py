@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from segen.config import build
-from segen.tasks.base import Evaluation, Table
+from segen.reports import Evaluation, Table
 
 
 def evaluate_supervised(task, cfg: DictConfig, datamodule, title: str) -> Evaluation:

@@ -34,7 +34,7 @@ from segen.metrics.features import (
 )
 from segen.metrics.scores import frechet_distance, kernel_distance, kid_subset_size
 from segen.overrides import override_keys
-from segen.tasks.base import SPLITS, Evaluation, Table
+from segen.reports import SPLITS, Evaluation, Table
 from segen.viz import to_uint8
 
 FEATURES = ("inception", "segmenter")
@@ -76,7 +76,7 @@ def check_request(cfg: DictConfig) -> None:
 def load_segmenter(path: str, info, data: str):
     """(task, datamodule, sha256) of a segmenter checkpoint whose mask classes are `info`'s."""
     from segen.checkpoint import checkpoint_config, load_checkpoint
-    from segen.commands.common import rebuild, task_class
+    from segen.restore import restore_task, task_class
 
     path = Path(path).expanduser()
     ckpt = load_checkpoint(path)
@@ -86,7 +86,7 @@ def load_segmenter(path: str, info, data: str):
             f"eval.segmenter_ckpt={path} holds a {stored.get('model')} model, which does not segment images; "
             f"pass a checkpoint of `segen train model=unet data={data}`"
         )
-    _, seg_task, seg_dm = rebuild(ckpt, run_cfg, stored)
+    _, seg_task, seg_dm = restore_task(ckpt, run_cfg, stored)
     theirs, ours = seg_dm.info.mask_class_names, info.mask_class_names
     if theirs != ours:
         raise IncompatibleError(
@@ -106,7 +106,7 @@ def confusion(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int, ig
 def fcn_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-pixel accuracy, per-class (mean class) accuracy, mIoU and per-class IoU of a confusion
     matrix; classes absent from truth and prediction are NaN and left out of the means."""
-    from segen.tasks.segmentation import iou_from_confmat
+    from segen.metrics.iou import iou_from_confmat
 
     scores = iou_from_confmat(confmat)
     confmat = confmat.double()

@@ -164,22 +164,18 @@ class ClassifierFeatures(FeatureNet):
 
     def __init__(self, ckpt_path: str | Path):
         super().__init__()
-        from segen.checkpoint import checkpoint_config, load_checkpoint
-        from segen.config import build
+        from segen.restore import restore_task
 
         ckpt_path = Path(ckpt_path).expanduser().absolute()
-        ckpt = load_checkpoint(ckpt_path)
-        run_cfg, stored = checkpoint_config(ckpt)
-        task = build(run_cfg.model, "model")
+        run_cfg, task, datamodule = restore_task(ckpt_path)
+        stored = run_cfg.choices
         net = task.image_classifier()
         if net is None:
             raise IncompatibleError(
                 f"eval.classifier_ckpt={ckpt_path} holds a {stored.get('model')} model, not a classifier with "
                 "penultimate features; pass a checkpoint of `segen train model=cnn` on the generator's dataset"
             )
-        task.load_state_dict(ckpt["state_dict"])
-        # Inputs are standardized exactly as the classifier saw them in training.
-        datamodule = build(run_cfg.data, "data")
+        # Inputs are standardized exactly as the classifier saw them in training (datamodule).
         self.net = net.eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(datamodule.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(datamodule.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)

@@ -25,9 +25,9 @@ from omegaconf import DictConfig
 from segen.console import console
 from segen.errors import ConfigError, DataError, IncompatibleError
 from segen.outputs.masks import grid_rows_per_line, input_files
+from segen.reports import SPLITS
 from segen.viz import colorize, legend, save_grid, save_images, to_uint8
 
-SPLITS = ("train", "val", "test")
 DEFAULT_COUNT = 8
 
 

@@ -12,38 +12,15 @@ The heavy lifting of `evaluate` and `write_samples` lives in one module per mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from segen.data.info import DataInfo
 from segen.errors import ConfigError, IncompatibleError
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Table:
-    """Rows of a table `segen eval` prints: `{row name: value}` under two column names, or
-    `{row name: (value, value, ...)}` under one more column name per value (None: empty)."""
-
-    title: str
-    rows: dict[str, Any]
-    columns: tuple[str, ...] = ("metric", "value")
-
-
-@dataclass
-class Evaluation:
-    """What `evaluate` returns: the metrics (flat, `split/metric[/class]`), the tables to print,
-    notes to print before them, and what `metrics.json` records beside the metrics."""
-
-    metrics: dict[str, float]
-    tables: list[Table]
-    report: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+from segen.reports import SPLITS, Evaluation, Table  # noqa: F401 (the contract's types)
 
 
 class Task(pl.LightningModule):

@@ -9,7 +9,6 @@ not the mean of per-image IoUs that `torchmetrics.segmentation.MeanIoU` reports.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from segen.data.info import IGNORE_INDEX
 from segen.errors import ConfigError, IncompatibleError
+from segen.metrics.iou import iou_from_confmat
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
 
@@ -27,24 +27,10 @@ from segen.tasks.supervised import SupervisedTask
 CLASS_WEIGHT_RULES = ("median_frequency",)
 
 
-def iou_from_confmat(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-class IoU (NaN for classes absent from prediction and truth), their mean over present
-    classes, and pixel accuracy, from a confusion matrix with rows = truth, columns = prediction."""
-    confmat = confmat.double()
-    tp = confmat.diag()
-    union = confmat.sum(0) + confmat.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
-    present = union > 0
-    miou = iou[present].mean() if present.any() else torch.tensor(math.nan, dtype=torch.float64)
-    total = confmat.sum()
-    acc = tp.sum() / total if total > 0 else torch.tensor(math.nan, dtype=torch.float64)
-    return {"iou": iou, "miou": miou, "pixel_acc": acc}
-
-
 def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGNORE_INDEX, eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice averaged over classes (Milletari et al., 2016); ignored pixels do not count."""
     valid = (masks != ignore_index).unsqueeze(1)
-    probs = logits.softmax(1) * valid
+    probs = logits.float().softmax(1) * valid  # fp32 under bf16 autocast, like the cross-entropy
     onehot = F.one_hot(masks.clamp(max=logits.shape[1] - 1) * valid[:, 0], logits.shape[1]).permute(0, 3, 1, 2) * valid
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
