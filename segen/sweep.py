@@ -75,16 +75,30 @@ def final_metric(record: dict[str, Any]) -> tuple[str, float | None]:
     return name, metrics.get(name)
 
 
-def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The completed job with the best objective (its monitored metric's best value, else its
-    final value), in the direction of `model.monitor_mode`; None when no job has a number."""
+def scored_records(records: list[dict[str, Any]]) -> list[tuple[float, dict[str, Any]]]:
+    """(value, record) of each completed job with a number: its objective (the monitored
+    metric's best value), else its final value."""
     scored = []
     for record in records:
         value = record.get("objective")
         value = final_metric(record)[1] if value is None else value
         if record["status"] == "COMPLETED" and value is not None and not math.isnan(value):
             scored.append((value, record))
-    if not scored:
+    return scored
+
+
+def ranked_metrics(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The distinct (metric, direction) pairs the scored jobs are ranked by, in job order."""
+    keys = [(final_metric(r)[0], r.get("monitor_mode") or "max") for _, r in scored_records(records)]
+    return list(dict.fromkeys(keys))
+
+
+def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed job with the best objective, in the direction of `model.monitor_mode`.
+    None when no job has a number, or when the jobs monitor different metrics (cnn's val/acc
+    and unet's val/miou are not one scale: no job beats the other)."""
+    scored = scored_records(records)
+    if not scored or len(ranked_metrics(records)) > 1:
         return None
     pick = min if scored[0][1].get("monitor_mode") == "min" else max
     return pick(scored, key=lambda pair: pair[0])[1]
@@ -93,7 +107,8 @@ def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 def summary_table(records: list[dict[str, Any]], title: str):
     """Rows: job, the overrides that differ between jobs (the shared ones go in the caption),
     status, metric name, its final value, the best value over the run (the objective a search
-    optimizes; the best job is marked) and, for a val/ metric, its test/ counterpart."""
+    optimizes; the best job is marked, when the jobs share one metric) and, for a val/ metric,
+    its test/ counterpart."""
     from rich.table import Table
 
     shared = [o for o in records[0]["overrides"] if all(o in r["overrides"] for r in records)] if len(records) > 1 else []
@@ -143,4 +158,8 @@ class SweepSummary(Callback):
         console.print(summary_table(records, f"sweep: {len(records)} jobs"))
         if best is not None:
             console.print(f"[bold]Best job:[/] {best['job']} ({best['monitor_mode'] or 'max'} {best['value']:.4f}): {' '.join(best['overrides'])}", soft_wrap=True)
+        elif len(metrics := ranked_metrics(records)) > 1:
+            names = ", ".join(dict.fromkeys(name for name, _ in metrics))
+            console.print(f"[bold]No best job:[/] the jobs monitor different metrics ({names}), which do not rank "
+                          "against each other; each job's own is listed above", soft_wrap=True)
         console.print(f"[bold]Sweep directory:[/] {sweep_dir}  [bold]Summary:[/] {path}")

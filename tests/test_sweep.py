@@ -43,8 +43,9 @@ def test_issue_sweep_cnn_and_unet(segen, tmp_path):
     result = segen("train", "-m", "model=cnn,unet", "data=shapes", "trainer.max_steps=20", "debug=smoke",
                    "data.num_train=256", "data.num_test=64", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    jobs = json.loads((sweep / "summary.json").read_text())["jobs"]
-    assert [final_metric(j)[0] for j in jobs] == ["val/acc", "val/miou"]
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [final_metric(j)[0] for j in summary["jobs"]] == ["val/acc", "val/miou"]
+    assert summary["best"] is None and "Best job" not in result.stdout  # accuracy and mIoU do not rank
 
 
 def test_a_failed_job_is_listed_with_its_error(tmp_path):
@@ -60,3 +61,38 @@ def test_a_failed_job_is_listed_with_its_error(tmp_path):
     console.print(summary_table([record, done], "sweep"))
     text = console.export_text()
     assert "FAILED: RuntimeError: out of memory" in text and "0.5000" in text
+
+
+def _record(job: int, model: str, monitor: str | None, mode: str, value: float, tmp_path) -> dict:
+    return {"job": job, "overrides": [f"model={model}"], "status": "COMPLETED", "monitor": monitor, "monitor_mode": mode,
+            "objective": value if monitor else None, "metrics": {monitor or "train/g_loss": value}, "error": None,
+            "run_dir": str(tmp_path / str(job))}
+
+
+def _summarize(tmp_path, records, capsys) -> tuple[dict, str]:
+    """Run the end-of-sweep callback on these jobs' result.json files; (summary.json, printed text)."""
+    from segen.sweep import RESULT_FILE, SweepSummary
+
+    for record in records:
+        (tmp_path / str(record["job"])).mkdir()
+        (tmp_path / str(record["job"]) / RESULT_FILE).write_text(json.dumps(record))
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    return json.loads((tmp_path / "summary.json").read_text()), " ".join(capsys.readouterr().out.split())
+
+
+def test_a_sweep_over_different_metrics_names_no_best_job(tmp_path, capsys):
+    """cnn's val/acc and unet's val/miou are not one scale: no winner, each job's metric listed."""
+    records = [_record(0, "cnn", "val/acc", "max", 0.91, tmp_path), _record(1, "unet", "val/miou", "max", 0.42, tmp_path)]
+    summary, text = _summarize(tmp_path, records, capsys)
+    assert summary["best"] is None
+    assert "Best job" not in text and "*" not in text
+    assert "val/acc" in text and "0.9100" in text and "val/miou" in text and "0.4200" in text
+    assert "No best job: the jobs monitor different metrics (val/acc, val/miou)" in text
+
+
+def test_a_sweep_over_one_metric_ranks_it_in_its_direction(tmp_path, capsys):
+    records = [_record(0, "unet", "val/loss", "min", 0.30, tmp_path), _record(1, "unet", "val/loss", "min", 0.20, tmp_path),
+               _record(2, "unet", "val/loss", "min", 0.25, tmp_path)]
+    summary, text = _summarize(tmp_path, records, capsys)
+    assert summary["best"]["job"] == 1 and summary["best"]["value"] == 0.20
+    assert "Best job: 1 (min 0.2000)" in text
