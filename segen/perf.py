@@ -9,7 +9,10 @@ without a GPU.
 from __future__ import annotations
 
 import math
+import os
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -17,6 +20,112 @@ from torch import nn
 from torchmetrics import Metric
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+# Set to 0 or 1, it says whether this CPU has native bf16 instead of asking the CPU (tests
+# simulate a CPU without it; a user can rule out a misdetected one).
+CPU_BF16_ENV = "SEGEN_CPU_BF16"
+
+
+def cpu_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The native bf16 instructions this CPU has ("AMX-BF16", "AVX512-BF16"), or None.
+
+    Without them torch still runs bf16 (emulated in fp32 registers), but slower than fp32, so
+    only a CPU that has them gets the bf16 path. Read from /proc/cpuinfo's flags (Linux), else
+    from torch's own CPU probe where this torch has it.
+    """
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced in ("0", "1"):
+        return f"{CPU_BF16_ENV}=1" if forced == "1" else None
+    try:
+        flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        flags = set()
+        for flag, probe in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+            check = getattr(torch.cpu, probe, None)
+            if check is not None and check():
+                flags.add(flag)
+    for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")):
+        if flag in flags:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What `segen train` runs with: Lightning precision, weights' memory format, compile, and why."""
+
+    precision: str
+    channels_last: bool
+    compile: bool
+    reason: str
+
+    @property
+    def fast(self) -> bool:
+        return self.precision.startswith(("bf16", "16"))
+
+    def line(self) -> str:
+        """The run header's one line."""
+        parts = [f"{self.precision} autocast" if "mixed" in self.precision else self.precision]
+        parts.append("channels_last" if self.channels_last else "NCHW")
+        if self.compile:
+            parts.append("torch.compile")
+        head = "Fast path" if self.fast else "Precision"
+        return f"{head}: {' + '.join(parts)} ({self.reason})"
+
+
+def choose_fast_path(accelerator: str, precision: str | None, channels_last: bool | None, compile: bool = False) -> FastPath:
+    """Resolve `trainer.precision` and `perf.channels_last` left at null ("auto").
+
+    bf16-mixed autocast + channels_last where the hardware computes bf16 natively (a CPU with
+    AVX512-BF16 or AMX, a CUDA GPU with bf16), fp32 NCHW elsewhere; a value the config sets is
+    kept as it is.
+    """
+    accelerator = str(accelerator or "auto").lower()
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator in ("gpu", "cuda"):
+        native = "this GPU computes bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+        lacking = "no GPU with bf16"
+    elif accelerator == "cpu":
+        found = cpu_bf16()
+        native = f"this CPU has {found}" if found else None
+        lacking = "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    else:
+        native, lacking = None, f"no bf16 default for accelerator={accelerator}"
+    auto_precision, auto_layout = precision in (None, "auto"), channels_last in (None, "auto")
+    if auto_precision:
+        precision = "bf16-mixed" if native else "32-true"
+    if auto_layout:
+        channels_last = bool(native) and str(precision).startswith(("bf16", "16"))
+    if not (auto_precision or auto_layout):
+        reason = "as configured"
+    elif native:
+        reason = f"{native}; trainer.precision=32-true perf.channels_last=false for fp32"
+    else:
+        reason = lacking
+    if not auto_precision and auto_layout:
+        reason = f"trainer.precision={precision} as configured; {reason}"
+    return FastPath(str(precision), bool(channels_last), bool(compile), reason)
+
+
+def apply_fast_path(cfg) -> FastPath:
+    """Write the chosen precision and memory format into `cfg` (so checkpoints store what ran,
+    and a resumed run runs the same), and return the choice for the run header."""
+    from omegaconf import open_dict
+
+    from segen.console import drop_lightning_lines
+
+    # The header line says it; the model summary's size is of the fp32 weights, which is right.
+    drop_lightning_lines("Automatic Mixed Precision (AMP)", "is not supported by the model summary")
+    perf = cfg.get("perf")
+    path = choose_fast_path(
+        cfg.trainer.get("accelerator"), cfg.trainer.get("precision"),
+        perf.get("channels_last") if perf is not None else False, bool(perf.get("compile")) if perf is not None else False,
+    )
+    with open_dict(cfg):
+        cfg.trainer.precision = path.precision
+        if perf is not None:
+            cfg.perf.channels_last = path.channels_last
+    return path
 
 
 def logging_this_step(module: pl.LightningModule) -> bool:
@@ -38,12 +147,12 @@ def networks(task: nn.Module) -> list[nn.Module]:
 class PerformanceKnobs(pl.Callback):
     """Apply `channels_last`, `compile` and `float32_matmul_precision` before the first step."""
 
-    def __init__(self, channels_last: bool = False, compile: bool = False, float32_matmul_precision: str | None = None):
+    def __init__(self, channels_last: bool | None = False, compile: bool = False, float32_matmul_precision: str | None = None):
         from segen.errors import ConfigError
 
         if float32_matmul_precision not in (None, *MATMUL_PRECISIONS):
             raise ConfigError(f"perf.float32_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} or null, got {float32_matmul_precision!r}")
-        self.channels_last = channels_last
+        self.channels_last = bool(channels_last)  # null ("auto") is resolved by apply_fast_path; unresolved: off
         self.compile = compile
         self.float32_matmul_precision = float32_matmul_precision
         self._applied = False
@@ -59,6 +168,9 @@ class PerformanceKnobs(pl.Callback):
             # cores read without transposes. Moving to the device later keeps the layout.
             pl_module.to(memory_format=torch.channels_last)
         if self.compile:
+            from segen.console import note
+
+            note("torch.compile: the first steps compile the networks (a minute or more on a CPU), then run faster")
             # Module.compile compiles in place: state_dict keys stay `net.*`, so checkpoints
             # load into an uncompiled model for `segen sample`/`eval`.
             for net in networks(pl_module):

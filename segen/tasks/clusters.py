@@ -63,8 +63,10 @@ class ImageClusters(nn.Module):
 
     @torch.no_grad()
     def assign(self, images: torch.Tensor) -> torch.Tensor:
-        """Each image's code: the index of its nearest centroid."""
-        out = [nearest(self.features(chunk), self.centroids()) for chunk in images.split(BATCH)]
+        """Each image's code: the index of its nearest centroid (fp32 also inside a bf16 training
+        step, like the features the centroids were fitted on)."""
+        with torch.autocast(images.device.type, enabled=False):
+            out = [nearest(self.features(chunk.float()), self.centroids()) for chunk in images.split(BATCH)]
         return torch.cat(out)
 
     @torch.no_grad()
