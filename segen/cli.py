@@ -30,20 +30,17 @@ EXAMPLES = (
 HIDDEN_GROUPS = ("hydra",)
 
 
+def config_choices(cfg_dir: Path) -> dict[str, list[str]]:
+    """Every config group under `cfg_dir` and its choices, read from the files."""
+    from segen.precheck import config_choices as read_choices
+
+    return read_choices(cfg_dir, HIDDEN_GROUPS)
+
+
 def _config_dir() -> Path:
     from segen.config import config_dir
 
     return config_dir()
-
-
-def config_choices(cfg_dir: Path) -> dict[str, list[str]]:
-    """Every config group under `cfg_dir` and its choices, read from the files."""
-    groups: dict[str, list[str]] = {}
-    for path in sorted(cfg_dir.rglob("*.yaml")):
-        group = path.parent.relative_to(cfg_dir).as_posix()
-        if group != "." and group.split("/")[0] not in HIDDEN_GROUPS:
-            groups.setdefault(group, []).append(path.stem)
-    return groups
 
 
 def default_choices(cfg_dir: Path, command: str = "train") -> dict[str, str]:
@@ -73,140 +70,6 @@ def fail(message: str, command: str | None = None) -> None:
     prefix = f"segen {command}" if command else "segen"
     print(f"{prefix}: error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def parsed_overrides(overrides: list[str], command: str):
-    """Overrides read with Hydra's grammar (segen/overrides.py); a malformed one fails here."""
-    from segen.errors import SegenError
-    from segen.overrides import parse
-
-    try:
-        return parse(overrides)
-    except SegenError as err:
-        fail(str(err), command)
-
-
-def check_choices(overrides: list[str], command: str, cfg_dir: Path) -> None:
-    """Reject `group=unknown` with the valid choices, also inside sweeps (`model=cnn,foo`,
-    `model=choice(cnn,foo)`)."""
-    from segen.overrides import choice_values
-
-    groups = config_choices(cfg_dir)
-    for override in parsed_overrides(overrides, command):
-        key = override.key_or_group
-        values = choice_values(override) if key in groups else None
-        for choice in values or ():
-            if choice not in groups[key] and choice != "null":
-                fail(f"unknown {key} '{choice}'; choose one of: {', '.join(groups[key])}", command)
-
-
-def check_composes(overrides: list[str], command: str, cfg_dir: Path) -> None:
-    """Compose the config once so bad keys and missing values fail in one line, before torch loads."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from segen.config import missing_keys
-
-    try:
-        with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3", job_name=command):
-            cfg = compose(config_name=command, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        if "Could not override" in first:
-            key = first.split("'")[1]
-            from segen.suggest import did_you_mean
-
-            fail(f"unknown config key '{key}'{did_you_mean(key, cfg_dir, command, overrides)}; check the spelling with `segen {command} --cfg job`, or add a new key with +{key}=VALUE", command)
-        if "Could not append" in first:
-            fail(f"{first} use {first.split('at ')[-1].strip(' .')}=VALUE (no +) to change an existing key", command)
-        fail(first, command)
-    # Under model/, ??? means "filled from the data"; anywhere else it is a value the user owes.
-    missing = [k for k in missing_keys(cfg) if not k.startswith("model.")]
-    if missing:
-        fail(f"missing required value{'s' if len(missing) > 1 else ''} {', '.join(missing)}; pass {' '.join(f'{k}=...' for k in missing)}", command)
-    check_value_types(overrides, command, cfg_dir, cfg)
-
-
-def _type_name(value) -> str | None:
-    """The type a config value pins down ("an integer", ...), or None if any value goes."""
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    return None
-
-
-def _fits(expected: str, value) -> bool:
-    if value is None:
-        return True
-    if expected == "true or false":
-        return isinstance(value, bool)
-    if expected == "an integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_value_types(overrides: list[str], command: str, cfg_dir: Path, cfg) -> None:
-    """`trainer.max_epochs=abc` fails here, naming the key and the type its default has."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    groups = config_choices(cfg_dir)
-    parsed = parsed_overrides(overrides, command)
-    selections = [o.input_line for o in parsed if o.key_or_group in groups]
-    values = [o for o in parsed if o.key_or_group not in groups and o.type.name == "CHANGE" and not o.key_or_group.startswith("hydra.")]
-    if not values:
-        return
-    with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3", job_name=command):
-        base = compose(config_name=command, overrides=selections)
-    for override in values:
-        key, text = override.key_or_group, override.input_line
-        default = OmegaConf.select(base, key, default=None, throw_on_resolution_failure=False)
-        expected = _type_name(default)
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        if expected and not _fits(expected, value):
-            fail(f"{text}: {key} must be {expected} (its default is {default})", command)
-
-
-def check_launcher(overrides: list[str], command: str) -> None:
-    """`hydra/launcher=slurm` (and submitit_local/submitit_slurm) need an optional plugin."""
-    import importlib.util
-
-    for override in parsed_overrides(overrides, command):
-        value = str(override.value())
-        if override.key_or_group == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
-            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-                fail(f"hydra/launcher={value} needs Hydra's submitit launcher; install it with: pip install 'segen[slurm]'", command)
-
-
-def check_extras(overrides: list[str], command: str) -> None:
-    """A choice that needs an optional package (logger=mlflow, hparams_search=...) fails here,
-    naming the extra to install, before anything loads (segen/extras.py lists them)."""
-    from segen.errors import SegenError
-    from segen.extras import check_choice
-
-    for text in overrides:
-        key, _, value = text.partition("=")
-        for choice in value.split(","):
-            try:
-                check_choice(key.lstrip("+~"), choice)
-            except SegenError as err:
-                fail(str(err), command)
-
-
-def check_run_dir(overrides: list[str], command: str) -> None:
-    """A run directory that cannot be created fails before anything runs or is written."""
-    for override in parsed_overrides(overrides, command):
-        key, value = override.key_or_group, override.value()
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and isinstance(value, str) and "$" not in value:
-            path = Path(value).expanduser().absolute()
-            existing = next(p for p in (path, *path.parents) if p.exists())
-            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-                fail(f"cannot create the run directory {path} ({existing} is not a writable folder); pass {key}=<a writable folder>", command)
 
 
 def _forced_group_keys(overrides: list[str], command: str) -> list[str]:
@@ -357,16 +220,19 @@ def run(command: str, argv: list[str]) -> None:
         if expanded != args.overrides:
             argv = [a for a in argv if a not in args.overrides] + expanded
             args.overrides = expanded
-    if not relaunched:
-        check_choices(args.overrides, command, cfg_dir)
-        check_launcher(args.overrides, command)
-        check_extras(args.overrides, command)
-        check_run_dir(args.overrides, command)
-    overrides = _forced_group_keys(args.overrides, command)
+    from segen.errors import SegenError
+
+    try:
+        overrides = _forced_group_keys(args.overrides, command)
+        if not relaunched:  # one composition, checked with OmegaConf's own machinery (segen/precheck.py)
+            from segen.precheck import check_overrides
+
+            whole = not (args.multirun or args.help or args.hydra_help or args.shell_completion or args.info)
+            check_overrides(overrides, command, cfg_dir, compose=whole)
+    except SegenError as err:
+        fail(str(err), command)
     as_typed = dict(zip(args.overrides, overrides, strict=True))
     argv = [as_typed.get(a, a) for a in argv]
-    if not (relaunched or args.multirun or args.help or args.hydra_help or args.shell_completion or args.info):
-        check_composes(overrides, command, cfg_dir)
 
     module = importlib.import_module(f"segen.commands.{MODULES[command]}")
     keep = existing_run_paths(args.overrides, command)
@@ -389,6 +255,9 @@ def run(command: str, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from segen.threads import configure_threads
+
+    configure_threads()  # OpenMP's wait policy, before torch loads
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(help_text())

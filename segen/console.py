@@ -128,10 +128,13 @@ def run_defaults():
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
+    from segen.precheck import COMPOSED
+
     hydra_cfg = HydraConfig.get()
     groups = set(hydra_cfg.runtime.choices)
     picks = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in groups]
-    return compose(config_name=hydra_cfg.job.config_name, overrides=picks)
+    composed = COMPOSED.get((hydra_cfg.job.config_name, tuple(picks)))  # the command line's check made it
+    return composed if composed is not None else compose(config_name=hydra_cfg.job.config_name, overrides=picks)
 
 
 ADDED = object()  # the "default" of a key the run added (+key=value)

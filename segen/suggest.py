@@ -1,4 +1,5 @@
-""""Did you mean ...?" for a mistyped config key. Pure and light: no torch, no Hydra."""
+""""Did you mean ...?" for a mistyped config key. Searched in the one composed config of the
+command line's check (segen/precheck.py). Pure and light: no torch, no Hydra."""
 
 from __future__ import annotations
 
@@ -31,18 +32,3 @@ def suggest_key(bad_key: str, cfg) -> str | None:
         if match:
             return match[0]
     return None
-
-
-def did_you_mean(bad_key: str, cfg_dir, command: str, overrides: list[str]) -> str:
-    """' (did you mean KEY?)' for the CLI's unknown-key error, composing the config without
-    the bad override; '' when nothing is close or the rest does not compose either."""
-    from hydra import compose, initialize_config_dir
-
-    rest = [o for o in overrides if o.lstrip("+~").partition("=")[0] != bad_key]
-    try:
-        with initialize_config_dir(config_dir=str(cfg_dir), version_base="1.3", job_name=command):
-            cfg = compose(config_name=command, overrides=rest)
-    except Exception:  # the message without a suggestion is still right
-        return ""
-    match = suggest_key(bad_key, cfg)
-    return f" (did you mean {match}?)" if match else ""

@@ -120,3 +120,29 @@ def test_hparams_search_null_needs_no_optuna(monkeypatch):
     extras.check_choice("hparams_search", "null")  # no search: nothing to install
     with pytest.raises(extras.MissingExtraError, match=r"pip install 'segen\[optuna\]'"):
         extras.check_choice("hparams_search", "cnn_optuna")
+
+
+def test_the_check_composes_the_config_once_and_reads_no_hydra_message(monkeypatch):
+    """Unknown keys, wrong types and `+`/`~` mistakes are found with OmegaConf's struct mode and
+    typed nodes on one composition; "did you mean" searches that same composition."""
+    import hydra
+
+    from segen import precheck
+    from segen.errors import ConfigError
+
+    calls = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda *a, **k: calls.append(k.get("overrides")) or real(*a, **k))
+    precheck.COMPOSED.clear()
+    cases = {
+        "trainer.max_epoch=3": "unknown config key 'trainer.max_epoch' (did you mean trainer.max_epochs?)",
+        "trainer.max_epochs=abc": "trainer.max_epochs=abc: trainer.max_epochs must be an integer (its default is 4)",
+        "+trainer.max_epochs=3": "trainer.max_epochs already exists; use trainer.max_epochs=VALUE (no +)",
+        "~trainer.nothing": "there is no trainer.nothing to delete",
+    }
+    for bad, text in cases.items():
+        with pytest.raises(ConfigError) as err:
+            precheck.check_overrides(["model=cnn", "trainer.max_epochs=2", bad], "train", config_dir())
+        assert text in str(err.value)
+    precheck.check_overrides(["model=cnn", "trainer.max_epochs=2", "+trainer.new_key=1", "~trainer.gradient_clip_val"], "train", config_dir())
+    assert calls == [["model=cnn"]]  # one composition, of the group choices, for all five commands
