@@ -1,13 +1,17 @@
-"""Is segen as fast as a hand-written loop? Training images/s, data path and start-up, in one run.
+"""Is segen fast? Training images/s against plain loops, the roofline, data path and start-up, in one run.
 
     python scripts/bench.py                  # CPU, under 5 minutes on 2 cores (`make bench`)
     python scripts/bench.py --device cuda    # trainer=gpu: bf16, channels_last, compile, ...
 
-1. Training: segen (Hydra compose of configs/train.yaml, objects built as in
-   segen/commands/train.py: Lightning, progress bar, logger, checkpoint callback) against a
-   plain PyTorch loop with the same network, optimizer, LR schedule, batch size, precision,
-   perf knobs and uint8 tensor data, for cnn (28 px, 1 channel), unet (128 px) and dcgan
-   (32 px) on the built-in shapes data. A model whose config is missing is skipped with a note.
+1. Training: segen on its default path (Hydra compose of configs/train.yaml, objects built as
+   in segen/commands/train.py: Lightning, progress bar, logger, checkpoint callback; bf16-mixed
+   + channels_last where the CPU has native bf16) against two plain PyTorch loops with the same
+   network, optimizer, LR schedule, batch size and uint8 tensor data: "plain fp32" (eager fp32
+   NCHW, what a user writes first) and "plain fast" (bf16 autocast + channels_last: segen's own
+   overhead). For cnn (the default `segen train`), unet (unet_camvid's net at 128 px), dcgan
+   and pix2pix on the built-in shapes data at their recipes' batch sizes. A training step's
+   FLOPs (torch.utils.flop_counter) over its time give the achieved GFLOP/s, shown as a share
+   of the bf16 (and fp32) matmul rate measured in the same run.
 2. Data path: segen's in-memory uint8 tensor loader (normalize + crop/flip on the device)
    against torchvision's datasets + DataLoader + PIL transforms, both reading the same
    MNIST-format idx files and CIFAR-10-format pickles that this script writes to a temp dir.
@@ -22,6 +26,7 @@ min-max spread and the median of the paired B/A ratios.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -55,18 +60,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SEGEN = Path(sys.executable).with_name("segen")
 
 # name -> (model config, Hydra overrides). The recipes (configs/recipe/<model>_shapes.yaml)
-# set widths and batch sizes; the overrides only set the image size the issue asks for.
+# set widths and batch sizes. Fewer images than the recipes (a set's size changes no step's
+# cost, only the set-up time).
 MODELS = {
-    "cnn": ("cnn", ["model=cnn", "data=shapes", "data.image_size=28", "data.channels=1"]),
-    "unet": ("unet", ["model=unet", "data=shapes", "data.image_size=128"]),
-    # 5k images, not the recipe's 60k: the set's size changes no step's cost, only the set-up time.
-    "dcgan": ("dcgan", ["model=dcgan", "data=shapes", "data.image_size=32", "data.num_train=5000"]),
+    "cnn": ("cnn", ["model=cnn", "data=shapes", "data.num_train=2000"]),  # the default `segen train`
+    # unet_camvid's net (depth 4, width 16, bilinear) at its batch of 8, on 128 px shapes.
+    "unet": ("unet", ["model=unet", "data=shapes", "data.image_size=128", "data.num_train=400", "data.batch_size=8",
+                      "model.net.depth=4", "model.net.base_width=16", "model.net.bilinear=true"]),
+    "dcgan": ("dcgan", ["model=dcgan", "data=shapes", "data.num_train=3000"]),
+    "pix2pix": ("pix2pix", ["model=pix2pix", "data=shapes", "data.num_train=1500"]),
 }
 GOALS = {"train": 0.95, "data": 3.0}
-# Batch sizes for a CPU run (a few steps per second, so the whole script fits in 5 minutes);
-# dcgan's is its recipe's (configs/recipe/dcgan_shapes.yaml), what `segen train model=dcgan`
-# runs. On a GPU the recipes' batch sizes are used. `--batch-size N` sets one size for every model.
-CPU_BATCH = {"cnn": 32, "unet": 4, "dcgan": 32}
+# segen (default path) / plain fp32 loop, per model (issue 24).
+SPEEDUP_GOALS = {"cnn": 2.0, "unet": 2.0, "dcgan": 1.5, "pix2pix": 1.5}
 
 
 def sync(device: torch.device) -> None:
@@ -123,6 +129,10 @@ class Case:
         bind_data(cfg.model, self.datamodule.info)
         self.datamodule.setup("fit")
         self.cfg = cfg
+        self.fast = False
+        from segen.perf import choose_fast_path
+
+        self.segen_precision = choose_fast_path(cfg.trainer.get("accelerator"), cfg.trainer.get("precision"), (cfg.get("perf") or {}).get("channels_last")).precision
         self.train_images = self.datamodule.splits["train"].images
         self.train_targets = self.datamodule.splits["train"].targets
 
@@ -144,7 +154,7 @@ class Case:
         # (both happen outside the timed window anyway).
         cfg = compose_train([*self.base_overrides, f"seed={seed}", "++trainer.max_epochs=1", f"++trainer.limit_train_batches={n}",
                              "++trainer.limit_val_batches=1", "++trainer.num_sanity_val_steps=0",
-                             "++callbacks.rich_model_summary=null",  # a table per run, no per-step cost
+                             "++callbacks.rich_model_summary=null", "++trainer.enable_model_summary=false",  # a table per run, no per-step cost
                              "+callbacks.stopwatch._target_=__main__.Stopwatch", f"+callbacks.stopwatch.warmup={warmup}",
                              f"+callbacks.stopwatch.steps={steps}", f"+callbacks.stopwatch.cuda={self.device.type == 'cuda'}"],
                             hydra=True)
@@ -166,20 +176,22 @@ class Case:
 
     # -- the plain loop ---------------------------------------------------------------------------
     def _autocast(self):
-        precision = str(self.cfg.trainer.precision)
-        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        dtype = torch.bfloat16 if self.fast else None
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _prepare_nets(self, nets: list[torch.nn.Module]) -> None:
+        """fp32: eager NCHW. fast: bf16 autocast + channels_last, and on a GPU the rest of
+        trainer=gpu's knobs (compile, TF32, cudnn autotuning) as segen runs them."""
         perf = self.cfg.get("perf") or {}
-        torch.backends.cudnn.benchmark = bool(self.cfg.trainer.get("benchmark") or False)
-        if perf.get("float32_matmul_precision"):
+        gpu = self.device.type == "cuda" and self.fast
+        torch.backends.cudnn.benchmark = gpu and bool(self.cfg.trainer.get("benchmark") or False)
+        if gpu and perf.get("float32_matmul_precision"):
             torch.set_float32_matmul_precision(perf.float32_matmul_precision)
         for net in nets:
             net.to(self.device)
-            if perf.get("channels_last"):
+            if self.fast:
                 net.to(memory_format=torch.channels_last)
-            if perf.get("compile"):
+            if gpu and perf.get("compile"):
                 net.compile()
             net.train()
 
@@ -201,10 +213,9 @@ class Case:
                 x, y = random_hflip(x, y) if masks else (random_hflip(x), y)
             yield x, (y.long() if masks else y)
 
-    def plain(self, warmup: int, steps: int, seed: int) -> float:
-        torch.manual_seed(seed)
-        task = build(self.cfg.model, "model")  # only to borrow its freshly initialized nets
-        step = self._gan_step(task) if self.name == "dcgan" else self._supervised_step(task, warmup + steps)
+    def plain(self, warmup: int, steps: int, seed: int, fast: bool = False) -> float:
+        self.fast = fast
+        step = self.plain_step(seed, warmup + steps)
         start = None
         for i, (x, y) in enumerate(self._batches(warmup + steps, seed)):
             step(x, y)
@@ -213,6 +224,27 @@ class Case:
                 start = time.perf_counter()
         sync(self.device)
         return steps * self.batch_size / (time.perf_counter() - start)
+
+    def plain_step(self, seed: int, total_steps: int) -> Callable:
+        torch.manual_seed(seed)
+        task = build(self.cfg.model, "model")  # only to borrow its freshly initialized nets
+        if self.name == "dcgan":
+            return self._gan_step(task)
+        if self.name == "pix2pix":
+            return self._pix2pix_step(task)
+        return self._supervised_step(task, total_steps)
+
+    def step_flops(self) -> int:
+        """FLOPs of one training step (forward + backward of every net, as torch counts them)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.fast = False
+        step = self.plain_step(0, 10)
+        x, y = next(self._batches(1, 0))
+        step(x, y)  # lazy set-up out of the count
+        with FlopCounterMode(display=False) as counter:
+            step(x, y)
+        return int(counter.get_total_flops())
 
     def _supervised_step(self, task, total_steps: int) -> Callable:
         net = task.net
@@ -276,8 +308,50 @@ class Case:
 
         return step
 
+    def _pix2pix_step(self, task) -> Callable:
+        from segen.tasks.gan import discriminator_loss, generator_loss
+
+        g, d = task.generator, task.discriminator
+        self._prepare_nets([g, d])
+        opt_g, opt_d = (instantiate(self.cfg.model.optimizer_g)(params=g.parameters()), instantiate(self.cfg.model.optimizer_d)(params=d.parameters()))
+        kind, lambda_l1 = task.loss, task.lambda_l1
+
+        def step(real, masks):
+            with self._autocast():
+                fake = g(masks)
+                d_loss = 0.5 * discriminator_loss(kind, d(masks, real), d(masks, fake.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            d.requires_grad_(False)
+            with self._autocast():
+                g_loss = generator_loss(kind, d(masks, fake)) + lambda_l1 * F.l1_loss(fake, real)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            d.requires_grad_(True)
+
+        return step
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """GFLOP/s of an n x n matmul in `dtype`: the roofline a conv net's step is read against."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
 
 def bench_training(args, device: torch.device, workdir: Path, rows: list, report: dict) -> None:
+    roof = {"bf16": matmul_rate(device, torch.bfloat16), "fp32": matmul_rate(device, torch.float32)}
+    report["matmul_gflops"] = roof
+    console.print(f"2048x2048 matmul: bf16 {roof['bf16']:.0f} GFLOP/s, fp32 {roof['fp32']:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
     for name in args.models:
         model, overrides = MODELS[name]
         if not (config_dir() / "model" / f"{model}.yaml").is_file():
@@ -287,28 +361,40 @@ def bench_training(args, device: torch.device, workdir: Path, rows: list, report
             rows.append((f"train {name}", "-", "-", "-", note, ""))
             continue
         t0 = time.perf_counter()
-        batch = args.batch_size or (CPU_BATCH[name] if device.type == "cpu" else None)
-        case = Case(name, overrides, device, workdir, batch)
-        # Calibrate on the plain loop: enough steps for ~args.run_seconds of timed work per run.
+        case = Case(name, overrides, device, workdir, args.batch_size)
+        # Calibrate on the fp32 loop (the slowest): enough steps for ~args.run_seconds per run.
         probe = case.plain(args.warmup, 2, seed=0)
         steps = int(min(max(args.run_seconds * probe / case.batch_size, args.min_steps), args.max_steps))
         steps = min(steps, case.batches_per_epoch() - args.warmup)
-        segen, plain = [], []
-        for r in range(args.repeats):
-            order = [("segen", case.segen), ("plain", case.plain)]
-            for side, fn in order if r % 2 == 0 else order[::-1]:
-                (segen if side == "segen" else plain).append(fn(args.warmup, steps, seed=r))
-        ratios = [s / p for s, p in zip(segen, plain, strict=True)]
+        runs: dict[str, list[float]] = {"segen": [], "fp32": [], "fast": []}
+        runners = {"segen": case.segen, "fp32": case.plain, "fast": functools.partial(case.plain, fast=True)}
+        order = list(runners)
+        for r in range(args.repeats):  # A B C, B C A, C A B, ...: each runner in each position
+            for side in order[r % 3:] + order[: r % 3]:
+                runs[side].append(runners[side](args.warmup, steps, seed=r))
+        vs_fp32 = [s / p for s, p in zip(runs["segen"], runs["fp32"], strict=True)]
+        vs_fast = [s / p for s, p in zip(runs["segen"], runs["fast"], strict=True)]
+        flops = case.step_flops()
+        achieved = flops * statistics.median(runs["segen"]) / case.batch_size / 1e9
         entry = {
             "batch_size": case.batch_size, "image_size": int(case.train_images.shape[-1]), "steps": steps,
-            "warmup": args.warmup, "precision": str(case.cfg.trainer.precision),
-            "segen_img_s": summary(segen), "plain_img_s": summary(plain),
-            "ratio": summary(ratios), "goal": GOALS["train"], "met": statistics.median(ratios) >= GOALS["train"],
+            "warmup": args.warmup, "segen_precision": str(case.segen_precision),
+            "segen_img_s": summary(runs["segen"]), "plain_fp32_img_s": summary(runs["fp32"]), "plain_fast_img_s": summary(runs["fast"]),
+            "segen_vs_fp32": summary(vs_fp32), "segen_vs_fast": summary(vs_fast),
+            "goal_vs_fp32": SPEEDUP_GOALS[name], "goal_vs_fast": GOALS["train"],
+            "met": statistics.median(vs_fp32) >= SPEEDUP_GOALS[name] and statistics.median(vs_fast) >= GOALS["train"],
+            "gflop_per_step": flops / 1e9, "segen_gflops": achieved,
+            "share_of_bf16_matmul": achieved / roof["bf16"], "share_of_fp32_matmul": achieved / roof["fp32"],
             "seconds": time.perf_counter() - t0,
         }
         report["training"][name] = entry
-        rows.append(_row(f"train {name} ({entry['image_size']} px, batch {case.batch_size})", "segen / plain loop", entry["segen_img_s"], entry["plain_img_s"], entry["ratio"], GOALS["train"]))
-        console.print(f"{name}: segen {entry['segen_img_s']['median']:.0f} img/s, plain {entry['plain_img_s']['median']:.0f} img/s, ratio {entry['ratio']['median']:.3f} ({entry['seconds']:.0f} s)")
+        what = f"train {name} ({entry['image_size']} px, batch {case.batch_size})"
+        rows.append(_row(what, "segen / plain fp32", entry["segen_img_s"], entry["plain_fp32_img_s"], entry["segen_vs_fp32"], SPEEDUP_GOALS[name]))
+        rows.append(_row(what, "segen / plain fast", entry["segen_img_s"], entry["plain_fast_img_s"], entry["segen_vs_fast"], GOALS["train"]))
+        console.print(f"{name}: segen ({entry['segen_precision']}) {entry['segen_img_s']['median']:.0f} img/s, plain fp32 {entry['plain_fp32_img_s']['median']:.0f}, "
+                      f"plain fast {entry['plain_fast_img_s']['median']:.0f}; x{statistics.median(vs_fp32):.2f} vs fp32, {statistics.median(vs_fast):.3f} vs fast; "
+                      f"{flops / 1e9:.2f} GFLOP/step = {achieved:.0f} GFLOP/s, {100 * entry['share_of_bf16_matmul']:.0f}% of bf16 matmul "
+                      f"({entry['seconds']:.0f} s)")
 
 
 # -- 2. data path ---------------------------------------------------------------------------------
@@ -484,7 +570,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda composes trainer=gpu (bf16, channels_last, compile)")
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--repeats", type=int, default=5, help="interleaved A/B runs per comparison")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size for every model (default: CPU_BATCH on cpu, the recipes on cuda)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size for every model (default: the recipes')")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of every training run")
     p.add_argument("--run-seconds", type=float, default=1.5, help="target timed seconds per training run (sets the step count)")
     p.add_argument("--min-steps", type=int, default=4)

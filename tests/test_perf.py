@@ -4,6 +4,7 @@ benchmark's dataset writers. Runs are CPU smoke runs; nothing here asserts a tim
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,21 @@ def test_bench_stopwatch_times_the_steps_after_warmup():
     for i in range(6):
         watch.on_train_batch_end(None, None, None, None, i)
     assert len(bench.Stopwatch.readings) == before + 1 and bench.Stopwatch.readings[-1] >= 0
+
+
+def test_threads_sleep_when_idle_unless_the_user_says_otherwise(monkeypatch):
+    import subprocess
+    import sys
+
+    from segen.threads import configure_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    configure_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    configure_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    # It must run before torch loads, so it cannot import it.
+    code = "import sys, segen.threads; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
