@@ -16,7 +16,7 @@ from PIL import Image
 
 from segen.models.pix2pix import Discriminator, Generator, auto_depth, label_one_hot
 from segen.tasks.gan import discriminator_loss, generator_loss
-from segen.tasks.pix2pix import LinearDecay
+from segen.tasks.pix2pix import linear_decay
 
 TINY_P2P = ["model=pix2pix", "debug=smoke", "model.generator.ngf=8", "model.discriminator.ndf=8", "data.num_train=256", "data.num_test=64"]
 TINY_UNET = ["model=unet", "debug=smoke", "model.net.depth=2", "model.net.base_width=8", "data.num_train=256", "data.num_test=64"]
@@ -64,13 +64,25 @@ def test_lsgan_losses_and_the_halved_d_loss_parts():
     assert generator_loss("lsgan", fake).item() == pytest.approx((1 + 0.25) / 2)
 
 
-def test_linear_decay_is_constant_then_falls_to_zero():
-    schedule = LinearDecay(total=10, decay=4)
-    factors = [schedule(e) for e in range(10)]
-    assert factors[:6] == [1.0] * 6
-    assert factors[6:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
-    assert LinearDecay(total=3, decay=0)(2) == 1.0
-    assert LinearDecay(total=2, decay=5)(1) == pytest.approx(1 / 3)  # decay capped at the run length
+def decay_factors(total: int, decay: int) -> list[float]:
+    """The LR factor of each epoch, stepping the scheduler once per epoch as Lightning does."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([weight], lr=1.0)
+    schedule, factors = linear_decay(opt, total, decay), []
+    for _ in range(total):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    return factors
+
+
+@pytest.mark.parametrize(("total", "decay"), [(10, 4), (2, 5), (3, 1), (5, 5), (200, 100)])
+def test_linear_decay_is_constant_then_falls_to_zero(total, decay):
+    # pix2pix's lambda_rule, written out: factor = min(1, (total - epoch) / (decay + 1)), decay capped at total
+    d = min(decay, total)
+    assert decay_factors(total, decay) == pytest.approx([min(1.0, (total - e) / (d + 1)) for e in range(total)], abs=1e-12)
+    if (total, decay) == (10, 4):
+        assert decay_factors(10, 4) == pytest.approx([1.0] * 6 + [0.8, 0.6, 0.4, 0.2])
 
 
 # -- trained tiny checkpoints, shared by the tests below ---------------------------------------------

@@ -31,15 +31,16 @@ from segen.tasks.gan import LOSSES, discriminator_loss, generator_loss
 from segen.viz import to_uint8
 
 
-class LinearDecay:
-    """LR factor per epoch: 1 for the first epochs, then linearly down to 0 over the last `decay`
-    epochs of `total` (pix2pix's `lambda_rule`). A class, not a lambda, so it is checkpointed."""
-
-    def __init__(self, total: int, decay: int):
-        self.total, self.decay = total, min(decay, total)
-
-    def __call__(self, epoch: int) -> float:
-        return min(1.0, max(0.0, (self.total - epoch) / (self.decay + 1))) if self.decay > 0 else 1.0
+def linear_decay(optimizer: torch.optim.Optimizer, total: int, decay: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per epoch: the LR unchanged, then falling linearly to 0 over the last `decay` epochs of
+    `total` (pix2pix's `lambda_rule`: factor min(1, (total - epoch) / (decay + 1))), as torch's
+    own schedulers: ConstantLR, then LinearLR from the first epoch whose factor is below 1."""
+    decay = min(decay, total)
+    first = max(0, total - decay - 1)  # the last epoch at the full LR, where the line starts
+    line = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=(total - first) / (decay + 1), end_factor=0.0, total_iters=total - first)
+    hold = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=first)
+    # Always both parts (even at first == 0), so the state a checkpoint stores has one shape.
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [hold, line], milestones=[first])
 
 
 class Pix2PixTask(GeneratorEMA, Task):
@@ -146,7 +147,7 @@ class Pix2PixTask(GeneratorEMA, Task):
             return optimizers
         if total is None or total < 1:
             raise ConfigError("model.decay_epochs needs a run length in epochs; set trainer.max_epochs, or model.decay_epochs=0")
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, LinearDecay(total, self.decay_epochs)) for opt in optimizers]
+        schedulers = [linear_decay(opt, total, self.decay_epochs) for opt in optimizers]
         return optimizers, schedulers
 
     # -- outputs ----------------------------------------------------------------------------------
