@@ -32,13 +32,14 @@ from segen.metrics.features import (
     inception_weights,
     slices,
 )
+from segen.metrics.generative import KID_SUBSETS
+from segen.metrics.iou import iou_from_confmat
 from segen.metrics.scores import frechet_distance, kernel_distance, kid_subset_size
 from segen.overrides import override_keys
 from segen.reports import SPLITS, Evaluation, Table
 from segen.viz import to_uint8
 
 FEATURES = ("inception", "segmenter")
-KID_SUBSETS = 100
 
 
 def _features_asked() -> bool:
@@ -106,7 +107,6 @@ def confusion(predicted: torch.Tensor, truth: torch.Tensor, num_classes: int, ig
 def fcn_scores(confmat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-pixel accuracy, per-class (mean class) accuracy, mIoU and per-class IoU of a confusion
     matrix; classes absent from truth and prediction are NaN and left out of the means."""
-    from segen.metrics.iou import iou_from_confmat
 
     scores = iou_from_confmat(confmat)
     confmat = confmat.double()

@@ -42,6 +42,7 @@ from torch import nn
 
 from segen.console import note
 from segen.errors import ConfigError
+from segen.models.dcgan import LATENT_CODES
 from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
 from segen.tasks.clusters import ImageClusters
@@ -50,7 +51,6 @@ from segen.tasks.ema import GeneratorEMA, check_ema_decay
 from segen.viz import save_grid, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
-LATENT_CODES = ("infogan", "clusters")
 MAX_CLUSTER_IMAGES = 20_000  # images that fit the self-conditioning clusters (a seeded subset beyond it)
 GRID_COLUMNS = 8
 
