@@ -162,3 +162,33 @@ class ResumeReport(pl.Callback):
         line += (f"; with the checkpoint's config, changed by: {', '.join(self.changes)}" if self.changes
                  else "; with the checkpoint's config, unchanged")
         note(line)
+
+
+class EpochPictures(pl.Callback):
+    """Each epoch, the picture a task draws of its progress (`Task.epoch_picture`: a GAN's fixed
+    samples, pix2pix's label | generated | real rows, a segmenter's overlays), written to
+    `<run dir>/samples/<stem>.png` and sent to the trackers. The task only draws; writing and
+    logging live here. Rank 0 only, and not during the sanity check."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._draw(trainer, pl_module, "train_epoch_end", None)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            self._draw(trainer, pl_module, "validation", batch)
+
+    def _draw(self, trainer, pl_module, moment: str, batch) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or not hasattr(pl_module, "epoch_picture"):
+            return
+        picture = pl_module.epoch_picture(moment, batch)
+        if picture is None:
+            return
+        from torchvision.utils import make_grid
+
+        from segen.trackers import log_image
+        from segen.viz import legend, save_grid
+
+        path = save_grid(picture.images, Path(trainer.default_root_dir) / "samples" / f"{picture.stem}.png", nrow=picture.nrow)
+        if picture.legend is not None:
+            legend(path, *picture.legend)
+        log_image(trainer.loggers, picture.key, make_grid(picture.images, nrow=picture.nrow, padding=2, pad_value=255), trainer.global_step)

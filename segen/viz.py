@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -9,6 +10,19 @@ from torchvision.io import write_png
 from torchvision.utils import make_grid
 
 IGNORE_COLOR = (0, 0, 0)
+
+
+@dataclass
+class Picture:
+    """A grid a task draws of its progress (`Task.epoch_picture`): uint8 images `(N, C, H, W)`
+    laid out `nrow` per row, written as `<run dir>/samples/<stem>.png` and sent to the trackers
+    under `key`; `legend` = (class names, palette) appends a colour legend to the PNG."""
+
+    images: torch.Tensor
+    nrow: int
+    stem: str
+    key: str
+    legend: tuple | None = None
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:

@@ -56,3 +56,15 @@ def test_one_function_restores_a_task_from_a_checkpoint():
         if 'load_state_dict(ckpt["state_dict"])' in text:
             loaders.append(path.relative_to(PACKAGE).as_posix())
     assert loaders == ["restore.py"]
+
+
+def test_tasks_draw_but_never_write_pictures_log_to_trackers_or_set_up_data():
+    """Per-epoch pictures are segen.callbacks.EpochPictures' to write and log; a task only draws
+    them (Task.epoch_picture). Datamodules set themselves up."""
+    offenders = []
+    for path in sorted((PACKAGE / "tasks").glob("*.py")):
+        names = imported_modules(path)
+        text = path.read_text()
+        if "segen.trackers" in names or "save_grid" in text or ".setup(" in text:
+            offenders.append(path.name)
+    assert offenders == []

@@ -47,6 +47,7 @@ def test_camvid_test_pass_and_eval_score_the_split_they_name(segen, camvid_tree,
     report = json.loads((run / "metrics.json").read_text())
     assert report["test"]["split"] == "test" and report["test"]["num_images"] == counts["test"]
     assert "The test split (4 images) was scored with best.ckpt" in " ".join(train.stdout.split())
+    assert (run / "samples" / "overlays_epoch_000.png").is_file()  # segen.callbacks.EpochPictures drew the task's overlays
 
     ckpt = run / "checkpoints" / "best.ckpt"
     for split in ("test", "val"):

@@ -64,6 +64,13 @@ class Task(pl.LightningModule):
         if cls.image_range == "symmetric":
             datamodule.use_symmetric_range()
 
+    # -- segen train: what it shows of the task's progress --------------------------------------------
+    def epoch_picture(self, moment: str, batch):
+        """A `segen.viz.Picture` of the task's progress, or None. `moment` is "train_epoch_end",
+        or "validation" with the epoch's first validation `batch`; segen.callbacks.EpochPictures
+        asks at both and writes (and logs) what it gets."""
+        return None
+
     # -- segen eval -----------------------------------------------------------------------------------
     @classmethod
     def check_eval_request(cls, cfg: DictConfig) -> None:

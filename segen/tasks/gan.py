@@ -48,7 +48,7 @@ from segen.tasks.base import Evaluation, Task
 from segen.tasks.clusters import ImageClusters
 from segen.tasks.diffaugment import diff_augment, parse_policy
 from segen.tasks.ema import GeneratorEMA, check_ema_decay
-from segen.viz import save_grid, to_uint8
+from segen.viz import Picture, to_uint8
 
 LOSSES = ("bce", "hinge", "lsgan")
 MAX_CLUSTER_IMAGES = 20_000  # images that fit the self-conditioning clusters (a seeded subset beyond it)
@@ -362,20 +362,16 @@ class GANTask(GeneratorEMA, Task):
     def on_train_epoch_end(self) -> None:
         if self.self_conditioned and self.recluster_at:  # on every rank: they must keep the same clusters
             self._recluster_if_due()
-        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
-            return
+
+    def epoch_picture(self, moment: str, batch) -> Picture | None:
+        """At each epoch end: the same noise (and labels) every epoch, one row per class or code."""
+        if moment != "train_epoch_end":
+            return None
         noise = self.grid_noise
         if self.code_classes is not None:  # row k shows code k, under the code prior of now (clusters set it)
             noise = self.generator.with_codes(noise, self.grid_labels)
         images = to_uint8(self.sample(noise, self.grid_labels if self.conditional else None))
-        path = Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png"
-        save_grid(images, path, nrow=GRID_COLUMNS)
-        from torchvision.utils import make_grid
-
-        from segen.trackers import log_image
-
-        grid = make_grid(images, nrow=GRID_COLUMNS, padding=2, pad_value=255)
-        log_image(self.trainer.loggers, "samples", grid, self.global_step)  # TensorBoard, MLflow, W&B
+        return Picture(images, GRID_COLUMNS, f"epoch_{self.current_epoch:03d}", "samples")
 
 
     def export_spec(self, datamodule):

@@ -28,7 +28,7 @@ from segen.perf import logging_this_step
 from segen.tasks.base import Evaluation, Task
 from segen.tasks.ema import GeneratorEMA, check_ema_decay
 from segen.tasks.gan import LOSSES, discriminator_loss, generator_loss
-from segen.viz import to_uint8
+from segen.viz import Picture, to_uint8
 
 
 def linear_decay(optimizer: torch.optim.Optimizer, total: int, decay: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -136,9 +136,6 @@ class Pix2PixTask(GeneratorEMA, Task):
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             scheduler.step()
-        if not self.trainer.is_global_zero or self.trainer.sanity_checking:
-            return
-        self.write_grid(Path(self.trainer.default_root_dir) / "samples" / f"epoch_{self.current_epoch:03d}.png")
 
     def configure_optimizers(self):
         optimizers = [self.optimizer_g(params=self.generator.parameters()), self.optimizer_d(params=self.discriminator.parameters())]
@@ -179,26 +176,26 @@ class Pix2PixTask(GeneratorEMA, Task):
             net.train(was_training)
         return torch.cat(out) if out else torch.empty(0, net.channels, net.height, net.width)
 
-    def write_grid(self, path: Path) -> Path:
-        """label | generated | real for validation examples spread evenly over the split (so a
-        video's consecutive frames do not fill the grid), the same every epoch."""
-        from torchvision.utils import make_grid
-
-        from segen.outputs.translations import grid_rows, save_translation_grid
-        from segen.trackers import log_image
+    def epoch_picture(self, moment: str, batch) -> Picture | None:
+        """At each epoch end: label | generated | real for validation examples spread evenly over
+        the split (so a video's consecutive frames do not fill the grid), the same every epoch,
+        several side by side, with the class legend."""
+        if moment != "train_epoch_end":
+            return None
+        from segen.outputs.masks import grid_rows_per_line
+        from segen.outputs.translations import grid_rows
 
         dm = self.trainer.datamodule
         if self._grid is None:
-            dm.setup("fit")
-            examples = dm.examples("val", len(dm.splits["val"]))
+            examples = dm.examples("val", len(dm.split_images("val")))
             examples = examples[:: max(1, len(examples) // self.grid_examples)][: self.grid_examples]
             self._grid = (torch.stack([e.mask for e in examples]).long(), torch.stack([e.image for e in examples]))
         masks, real = self._grid
         fake = to_uint8(self.translate(masks, seed=0))
-        path = save_translation_grid(path, masks, fake, real, dm.info)
-        rows = grid_rows(masks, fake, real, dm.info)
-        log_image(self.trainer.loggers, "samples", make_grid(rows, nrow=3, padding=2, pad_value=255), self.global_step)
-        return path
+        per_line = grid_rows_per_line(len(masks), *masks.shape[-2:])
+        info = dm.info
+        return Picture(grid_rows(masks, fake, real, info), 3 * per_line, f"epoch_{self.current_epoch:03d}", "samples",
+                       legend=(info.mask_class_names, info.mask_palette()))
 
     # -- the task contract: segen eval, segen sample, segen export -----------------------------------
     @classmethod

@@ -10,7 +10,6 @@ not the mean of per-image IoUs that `torchmetrics.segmentation.MeanIoU` reports.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from segen.errors import ConfigError, IncompatibleError
 from segen.metrics.iou import iou_from_confmat
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
+from segen.viz import Picture
 
 # Class weights computed from the training split: SegNet's median frequency balancing.
 CLASS_WEIGHT_RULES = ("median_frequency",)
@@ -87,8 +87,7 @@ class SegmentationTask(SupervisedTask):
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None:
             raise IncompatibleError(f"model.class_weights={self.class_weight_rule} needs the training data to count class pixels in")
-        dm.setup(stage)
-        self.class_weights = dm.class_pixel_weights().to(self.device)
+        self.class_weights = dm.class_pixel_weights().to(self.device)  # the datamodule reads its own split
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, weight=self.class_weights, ignore_index=IGNORE_INDEX)
@@ -208,15 +207,12 @@ class SegmentationTask(SupervisedTask):
             },
         )
 
-    def on_validation_batch_end(self, outputs, batch, batch_idx, dataloader_idx=0):
-        """Once per validation: the first images with their true masks (top row) and predicted
-        masks (bottom row) overlaid, to `<run dir>/samples/overlays_epoch_XXX.png` and the trackers."""
-        if batch_idx != 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        from torchvision.utils import make_grid
-
-        from segen.trackers import log_image
-        from segen.viz import colorize, overlay, save_grid
+    def epoch_picture(self, moment: str, batch) -> Picture | None:
+        """Once per validation (its first batch): the first images with their true masks (top
+        row) and predicted masks (bottom row) overlaid."""
+        if moment != "validation":
+            return None
+        from segen.viz import colorize, overlay
 
         images, masks = batch[0][:8], batch[1][:8]
         with torch.no_grad():
@@ -229,5 +225,4 @@ class SegmentationTask(SupervisedTask):
         pixels = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
         palette = dm.info.mask_palette()
         rows = torch.cat([overlay(pixels, colorize(masks.cpu(), palette)), overlay(pixels, colorize(predicted.cpu(), palette))])
-        save_grid(rows, Path(self.trainer.default_root_dir) / "samples" / f"overlays_epoch_{self.current_epoch:03d}.png", nrow=len(pixels))
-        log_image(self.trainer.loggers, "val/overlays", make_grid(rows, nrow=len(pixels), padding=2, pad_value=255), self.global_step)
+        return Picture(rows, len(pixels), f"overlays_epoch_{self.current_epoch:03d}", "val/overlays")
