@@ -2,13 +2,16 @@
 
 One panel per metric family, so that lines that belong together share axes: `train/loss` with
 `val/loss`, `train/d_loss` with `train/g_loss`, `train/d_real` with `train/d_fake`, `val/acc`
-alone. x is the optimizer step; dotted vertical lines mark where each epoch ended. Test metrics
-(one number at the end) and per-class breakdowns (`test/acc/circle`) are left to metrics.json.
+alone. x is the optimizer step (`trainer.global_step`: two per batch for a GAN, as segen/loggers.py
+writes metrics.csv); dotted vertical lines mark where each epoch ended; the title says how far the
+run went (metrics.json's `progress`: steps, batches, epochs). Test metrics (one number at the
+end) and per-class breakdowns (`test/acc/circle`) are left to metrics.json.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -18,8 +21,8 @@ STAGES = ("train", "val")
 
 
 def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """{metric: [(step, value), ...]} from Lightning's metrics.csv (one sparse row per log call);
-    also `"epoch"` for the rows that hold plotted metrics."""
+    """{metric: [(step, value), ...]} from a run's metrics.csv (one sparse row per log call);
+    also `"epoch"` for the rows of training (all but the test pass's)."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -35,7 +38,7 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
                     values[key] = float(text)
                 except ValueError:
                     continue
-            if not any(family(k) for k in values):  # e.g. the test row, logged after the last epoch
+            if any(k.split("/")[0] not in (*STAGES, "epoch") for k in values):  # the test row, after training
                 values.pop("epoch", None)
             for key, value in values.items():
                 if not math.isnan(value):
@@ -78,6 +81,23 @@ def epoch_ends(series: dict[str, list[tuple[int, float]]]) -> list[int]:
     return [last[e] for e in sorted(last)]
 
 
+def run_title(run_dir: Path, series: dict[str, list[tuple[int, float]]]) -> str:
+    """`<run>: 300 steps (150 batches), 5.56 epochs of 27 batches` from metrics.json's `progress`;
+    without one, what metrics.csv says: its last step and how many epochs ended."""
+    report = run_dir / "metrics.json"
+    done = json.loads(report.read_text()).get("progress") if report.is_file() else None
+    if done:
+        steps, batches, per_epoch = done["steps"], done["batches"], done["batches_per_epoch"]
+        text = f"{run_dir.name}: {steps} step{'s' if steps != 1 else ''}"
+        text += f" ({batches} batches)" if batches != steps else ""
+        if done.get("epochs") is None:
+            return text
+        return text + f", {done['epochs']:.3g} epoch{'s' if done['epochs'] != 1 else ''} of {per_epoch} batches"
+    steps = max((step for points in series.values() for step, _ in points), default=0)
+    ends = len(epoch_ends(series))
+    return f"{run_dir.name}: {steps} steps, {ends} epoch end{'s' if ends != 1 else ''}"
+
+
 def write_curves(run_dir: str | Path) -> Path | None:
     """Write `<run_dir>/curves.png` from `<run_dir>/metrics.csv`; None when there is nothing to plot."""
     run_dir = Path(run_dir)
@@ -105,13 +125,12 @@ def write_curves(run_dir: str | Path) -> Path | None:
         for step in ends[:-1] if len(ends) <= 50 else []:
             ax.axvline(step, color="0.8", linestyle=":", linewidth=1)
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
-    epochs = f", {len(ends)} epoch{'s' if len(ends) != 1 else ''}" if ends else ""
-    fig.suptitle(f"{run_dir.name}{epochs}", fontsize=10)
+    fig.suptitle(run_title(run_dir, series), fontsize=10)
     fig.tight_layout()
     out = run_dir / CURVES_FILE
     fig.savefig(out, dpi=110)

@@ -183,6 +183,10 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
 
     Reading them turns each logged tensor into a Python float: on a GPU that is a host sync per
     step, which stalls the queue of kernels that otherwise runs ahead of Python.
+
+    It counts as the logs do (segen/loggers.py): `Epoch 2/5` numbers epochs from 0 (this one, and
+    the last one the run will reach, `trainer.max_steps` included), the bar counts this epoch's
+    batches, and `step 40/300` the optimizer steps (`trainer.global_step`: two per batch for a GAN).
     """
 
     def __init__(self, metrics_every_n_steps: int = 20, **kwargs):
@@ -190,6 +194,12 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
         self.metrics_every_n_steps = max(1, metrics_every_n_steps)
         self._skip_metrics = False
         self._last_metrics: dict | None = None
+        self._epoch_start = (0, 0)
+        self._in_epoch = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._in_epoch = True
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._skip_metrics = (batch_idx + 1) % self.metrics_every_n_steps != 0
@@ -197,20 +207,35 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         finally:
             self._skip_metrics = False
-        if batch_idx == 0 and self.progress is not None and self.train_progress_bar_id is not None:
+        if batch_idx == self._epoch_start[1] and self.progress is not None and self.train_progress_bar_id is not None:
             # Now that the optimizer steps per batch are measured, correct the bar's total.
             self.progress.update(self.train_progress_bar_id, total=self.total_train_batches)
 
+    def _count_from_here(self, trainer) -> None:
+        # Until the epoch's first batch the loop's batch counts are still the previous epoch's;
+        # a run resumed mid-epoch starts from the batches its checkpoint had done.
+        done, total = trainer.fit_loop.epoch_loop.batch_progress.current.ready, trainer.num_training_batches
+        self._epoch_start = (trainer.global_step, done if 0 < done < total != float("inf") else 0)
+        self._in_epoch = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._count_from_here(trainer)  # a run resumed mid-epoch gets no on_train_epoch_start
+        super().on_train_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._epoch_start = (trainer.global_step, trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        self._count_from_here(trainer)
         super().on_train_epoch_start(trainer, pl_module)
+
+    def _batches_done(self) -> int:
+        """Batches done in this epoch."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready if self._in_epoch else self._epoch_start[1]
 
     def _steps_per_batch(self) -> float:
         """Optimizer steps per batch: what `trainer.max_steps` counts. A GAN steps D and G, so
         it is 2 there (1.5 with d_steps=2); measured once a batch has run."""
         trainer = self.trainer
-        start_step, start_batch = getattr(self, "_epoch_start", (0, 0))
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed - start_batch
+        start_step, start_batch = self._epoch_start
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed - start_batch if self._in_epoch else 0
         if batches > 0 and trainer.global_step > start_step:
             return (trainer.global_step - start_step) / batches
         if trainer.lightning_module is not None and not trainer.lightning_module.automatic_optimization:
@@ -224,7 +249,7 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
         total = trainer.num_training_batches
         if trainer.max_steps is None or trainer.max_steps < 0 or total == float("inf"):
             return total
-        start_step, start_batch = getattr(self, "_epoch_start", (trainer.global_step, 0))
+        start_step, start_batch = self._epoch_start
         left = math.ceil((trainer.max_steps - start_step) / self._steps_per_batch())
         return max(0, min(total, start_batch + left))
 
@@ -235,18 +260,17 @@ class RichProgressBar(pl.callbacks.RichProgressBar):
         total = trainer.num_training_batches
         if trainer.max_steps is not None and trainer.max_steps > 0 and total not in (0, float("inf")):
             left = math.ceil((trainer.max_steps - trainer.global_step) / self._steps_per_batch())
-            done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-            by_steps = current_epoch + max(0, math.ceil((left + done) / total) - 1)
+            by_steps = current_epoch + max(0, math.ceil((left + self._batches_done()) / total) - 1)
             last = by_steps if last is None else min(last, by_steps)
         text = f"Epoch {current_epoch}" + (f"/{last}" if last is not None else "")
         return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
 
     def get_metrics(self, trainer, pl_module) -> dict:
         # Between refreshes the bar shows the values read last time (no tensor -> float sync).
-        if self._skip_metrics and self._last_metrics is not None:
-            return self._last_metrics
-        self._last_metrics = super().get_metrics(trainer, pl_module)
-        return self._last_metrics
+        if not (self._skip_metrics and self._last_metrics is not None):
+            self._last_metrics = super().get_metrics(trainer, pl_module)
+        steps = f"{trainer.global_step}/{trainer.max_steps}" if trainer.max_steps and trainer.max_steps > 0 else str(trainer.global_step)
+        return {"step": steps, **self._last_metrics}
 
 
 class ModelSummary(pl.callbacks.RichModelSummary):

@@ -117,13 +117,30 @@ def log_image(loggers, key: str, image: torch.Tensor, step: int) -> None:
             logger.experiment.add_image(key, image, step)
 
 
+def progress(trainer) -> dict[str, Any]:
+    """How far training went, counted as everywhere in segen (segen/loggers.py): optimizer
+    `steps` (`trainer.global_step`, what `trainer.max_steps` counts: 2 per batch for a GAN),
+    training `batches`, and `epochs` done: batches / `batches_per_epoch`, so a last partial
+    epoch counts as its fraction."""
+    per_epoch = trainer.num_training_batches
+    per_epoch = per_epoch if isinstance(per_epoch, int) and per_epoch > 0 else None  # inf: an iterable dataset
+    batches = int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)  # across resumes too
+    return {"steps": int(trainer.global_step), "batches": batches,
+            "epochs": round(batches / per_epoch, 4) if per_epoch else None, "batches_per_epoch": per_epoch}
+
+
 def finish_run(trainer, run_dir: Path, metrics: dict[str, float], best_path: str, test_pass: dict | None = None) -> dict[str, Any]:
     """End of `segen train`: write `metrics.json` and `curves.png` in the run directory and hand
     them, the config tree and the best checkpoint's path to the trackers. Rank 0 only.
 
-    `test_pass` says which split the `test/*` metrics really scored and on how many images."""
+    `test_pass` says which split the `test/*` metrics really scored and on how many images.
+    The step/epoch keys that segen/loggers.py logs for the loggers' rows are dropped from
+    `metrics` (in place: the sweep summary reads the same dict); `progress` says how far the run went."""
     from segen.curves import write_curves
+    from segen.loggers import STEP_KEYS
 
+    for key in STEP_KEYS:
+        metrics.pop(key, None)
     callback = trainer.checkpoint_callback
     score = getattr(callback, "best_model_score", None) if callback is not None else None
     report = {
@@ -132,6 +149,7 @@ def finish_run(trainer, run_dir: Path, metrics: dict[str, float], best_path: str
         "best_score": float(score) if score is not None else None,
         "best_checkpoint": best_path or None,
         "test": test_pass,
+        "progress": progress(trainer),
     }
     if not trainer.is_global_zero:
         return report

@@ -84,7 +84,7 @@ def test_a_step_limited_run_validates_its_final_weights(segen, tmp_path):
     assert "could not find the monitored key" not in result.stderr
     assert stored(run / "checkpoints" / "last.ckpt") == (1, 5)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    assert [row["step"] for row in rows if row["val/acc"]] == ["3", "4"]  # step index 4 = the final weights
+    assert [row["step"] for row in rows if row["val/acc"]] == ["4", "5"]  # after 4 steps (epoch 0), and the final weights
     assert f"Best checkpoint: {run}/checkpoints/best.ckpt" in result.stdout
     assert "The test split (100 images) was scored with best.ckpt" in result.stdout
 

@@ -25,6 +25,7 @@ from segen.commands.common import choices, quiet_lightning, run_dir
 from segen.config import bind_data, build
 from segen.console import NOISE, drop_lightning_lines, note, print_config_tree
 from segen.errors import IncompatibleError
+from segen.loggers import LogSteps
 from segen.perf import apply_fast_path
 from segen.restore import fit_data_to_task
 from segen.sweep import RunResult
@@ -92,7 +93,7 @@ def main(cfg: DictConfig) -> RunResult:
     # segen's own guarantees: config + RNG state in every checkpoint, save on Ctrl-C/SIGTERM,
     # stop on NaN before a checkpoint stores it.
     interrupt = SaveOnInterrupt()
-    callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), interrupt,
+    callbacks += [ConfigInCheckpoint(cfg, picked), RNGStateInCheckpoint(), FlushLogsOnCheckpoint(), LogSteps(), interrupt,
                   StopOnNonFiniteLoss(cfg.trainer.get("log_every_n_steps") or 50)]
     if resume_from:
         callbacks.append(ResumeReport(resume_from, changes))
