@@ -109,3 +109,14 @@ def save_tensors(path: str | Path, data: Any) -> Path:
     with atomic_write(path) as f:
         f.write(buffer.getbuffer())
     return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (archives and weights never sit in memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

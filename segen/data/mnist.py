@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -11,7 +11,6 @@ from torchvision.datasets import MNIST
 
 from segen.data.in_memory import InMemoryImageDataModule
 from segen.errors import DataError
-from segen.io import atomic_write
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -22,12 +21,20 @@ MNIST_FILES = (
 
 
 def _extract_idx_archives(raw: Path) -> None:
-    """Unpack `*.gz` idx files that were downloaded by hand; torchvision reads only unpacked ones."""
+    """Unpack `*.gz` idx files that were downloaded by hand; torchvision reads only unpacked ones.
+
+    torchvision's own `extract_archive` unpacks each into a temporary folder beside it, which is
+    then renamed into place: an interrupted unpack never leaves a truncated idx file."""
+    import tempfile
+
+    from torchvision.datasets.utils import extract_archive
+
     for name in MNIST_FILES:
         archive = raw / f"{name}.gz"
         if archive.is_file() and not (raw / name).is_file():
-            with gzip.open(archive, "rb") as src, atomic_write(raw / name) as dst:
-                shutil.copyfileobj(src, dst)
+            with tempfile.TemporaryDirectory(dir=raw, prefix=".unpack-") as tmp:
+                extract_archive(archive, tmp)
+                os.replace(Path(tmp) / name, raw / name)
 
 
 class MNISTDataModule(InMemoryImageDataModule):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from segen.errors import CheckpointError, ConfigError, IncompatibleError, SegenError
+from segen.io import file_sha256
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
@@ -39,14 +40,6 @@ FEATURES = ("inception", "classifier")
 
 class WeightsMissingError(SegenError):
     """The Inception weights file is not on this machine (and may not be downloaded)."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
