@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from segen.data.augment import affine_settings, random_affine
 from segen.data.info import IGNORE_INDEX, DataInfo
 from segen.errors import DataError
 
@@ -174,6 +175,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         crop_padding: int = 0,
         hflip: bool = False,
+        affine: dict | None = None,
         eval_batch_size: int | None = None,
     ):
         super().__init__()
@@ -187,6 +189,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.std = tuple(std) if std is not None else (0.5,) * self.channels
         self.crop_padding = crop_padding
         self.hflip = hflip
+        self.affine = affine_settings(affine)  # random shifts/rotations/scales/shears: segen/data/augment.py
         self.splits: dict[str, TensorImageDataset] = {}
         self.eval_split = "test"  # which split test_dataloader serves; `segen eval split=` sets it
         self.target = "labels" if "labels" in self.targets else "masks"
@@ -325,6 +328,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
             images, masks = out if masks is not None else (out, None)
         if self.hflip:
             out = random_hflip(images, masks)
+            images, masks = out if masks is not None else (out, None)
+        if self.affine:
+            out = random_affine(images, **self.affine, masks=masks)
             images, masks = out if masks is not None else (out, None)
         return images, (masks if masks is not None else targets)
 
