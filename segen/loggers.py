@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import TensorBoardLogger as _LightningTensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from segen.console import drop_lightning_lines
 from segen.perf import logging_this_step
 
 
@@ -37,11 +38,17 @@ class _AppendingWriter(ExperimentWriter):
 class CSVLogger(_LightningCSVLogger):
     """`metrics.csv` in the run directory, appended to across resumes."""
 
+    _last_row: tuple | None = None
+
     def log_metrics(self, metrics, step=None) -> None:
         # Logged values arrive as floats: the epoch is written as the whole number it is.
         epoch = metrics.get("epoch")
         if isinstance(epoch, float) and epoch.is_integer():
             metrics = {**metrics, "epoch": int(epoch)}
+        row = (step, metrics.get("epoch"))
+        if set(metrics) <= {"epoch"} and row == self._last_row:
+            return  # an epoch-end row (LogSteps) right after a row of that same step says nothing new
+        self._last_row = row
         super().log_metrics(metrics, step)
 
     @property
@@ -75,7 +82,17 @@ class LogSteps(pl.Callback):
     written) and its `epoch` the epoch it belongs to; one row more at every epoch end.
 
     Lightning uses a logged `step` value as the row's step (and then adds no `epoch` of its
-    own, so both are logged). Only on the batches Lightning writes logs for."""
+    own, so both are logged). Only on the batches Lightning writes logs for. Epochs shorter
+    than `trainer.log_every_n_steps` batches (a recipe's 50 on a small copy of its data) log
+    once an epoch instead, so that every epoch has its losses in metrics.csv."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        drop_lightning_lines("is smaller than the logging interval")  # on_train_start shortens the interval instead
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        per_epoch = trainer.num_training_batches
+        if isinstance(per_epoch, int) and 0 < per_epoch < trainer.log_every_n_steps:
+            trainer.log_every_n_steps = per_epoch
 
     def _log(self, pl_module: pl.LightningModule, trainer: pl.Trainer, on_epoch: bool) -> None:
         for key, value in zip(STEP_KEYS, (trainer.global_step, trainer.current_epoch), strict=True):

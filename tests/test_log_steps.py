@@ -17,7 +17,8 @@ from segen.curves import epoch_ends, read_metrics, run_title
 # A GAN takes 2 optimizer steps per batch (D, then G), so max_steps=40 is 20 batches:
 # epochs 0 and 1 (9 batches each) and 2 batches of epoch 2, i.e. 20 / 9 = 2.22 epochs.
 # Rows are written every 4 batches (batches 4, 8, 12, 16, 20 = steps 8, 16, 24, 32, 40) and at
-# each epoch end (after batch 9 = step 18, batch 18 = step 36, and the stop at step 40).
+# each epoch end (after batch 9 = step 18, batch 18 = step 36, and the stop at step 40, where
+# the row of batch 20 is already that epoch's last: metrics.csv writes no second one).
 GAN = ("model=cgan", "data=shapes", "model.generator.width=8", "model.discriminator.width=8", "data.num_train=40",
        "data.val_split=4", "data.batch_size=4", "trainer.log_every_n_steps=4")
 
@@ -28,7 +29,7 @@ def rows(run: Path) -> list[dict[str, str]]:
 
 
 def logged(run: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(epoch, step) of the rows with training losses, and of the epoch-end rows."""
+    """(epoch, step) of the rows with training losses, and of the rows that only mark an epoch's end."""
     train = [(int(r["epoch"]), int(r["step"])) for r in rows(run) if r["train/d_loss"]]
     ends = [(int(r["epoch"]), int(r["step"])) for r in rows(run) if not r["train/d_loss"]]
     return train, ends
@@ -42,7 +43,7 @@ def test_a_gan_run_counts_optimizer_steps_and_epochs_everywhere(tmp_path):
 
     train, ends = logged(run)
     assert train == [(0, 8), (0, 16), (1, 24), (1, 32), (2, 40)]
-    assert ends == [(0, 18), (1, 36), (2, 40)]  # a row at every epoch end, the stopped one included
+    assert ends == [(0, 18), (1, 36)]
     series = read_metrics(run / "metrics.csv")
     assert epoch_ends(series) == [18, 36, 40] and max(s for s, _ in series["train/g_loss"]) == 40
 
@@ -63,7 +64,8 @@ def test_a_gan_run_counts_optimizer_steps_and_epochs_everywhere(tmp_path):
     line = " ".join(resumed.stdout.split())
     assert "(epoch 2, step 40)" in line and "after batch 2 of 9" in line, line
     train, ends = logged(run)
-    assert train[5:] == [(2, 48), (2, 54)] and ends[3:] == [(2, 54)]  # batch 24 = step 48; the stop at 54
+    assert train[5:] == [(2, 48), (2, 54)] and ends[2:] == []  # batch 24 = step 48; the stop at 54 ends epoch 2
+    assert epoch_ends(read_metrics(run / "metrics.csv")) == [18, 36, 54]
     progress = json.loads((run / "metrics.json").read_text())["progress"]
     assert progress == {"steps": 54, "batches": 27, "epochs": 3.0, "batches_per_epoch": 9}
     bar = " ".join(resumed.stdout.split())
@@ -96,3 +98,14 @@ def test_the_bar_does_not_count_the_previous_epochs_batches_at_an_epoch_start():
     trainer.fit_loop.epoch_loop.batch_progress.current.ready = 4  # resumed after batch 4 of 10 (step 20)
     bar._count_from_here(trainer)
     assert bar.total_train_batches == 5 and bar._get_train_description(2).strip() == "Epoch 2/2"
+
+
+def test_epochs_shorter_than_the_logging_interval_log_once_an_epoch(tmp_path):
+    """log_every_n_steps=50 on 9-batch epochs: losses at each epoch's end (batches 9 and 18 =
+    steps 18 and 36) and at the stop (step 40), not only every 50 batches (never, here)."""
+    run = tmp_path / "run"
+    result = run_segen("train", *GAN, "trainer.log_every_n_steps=50", "trainer.max_steps=40", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train, ends = logged(run)
+    assert train == [(0, 18), (1, 36)] and ends == [(2, 40)]  # the stop at step 40 ends epoch 2: no loss logged there
+    assert "smaller than the logging interval" not in result.stdout + result.stderr
