@@ -58,12 +58,19 @@ def colorize(masks: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     return lut[masks.long().cpu()].permute(0, 3, 1, 2).contiguous()
 
 
-def overlay(images: torch.Tensor, colors: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Blend colourized masks over uint8 images (grey images are repeated to RGB)."""
+def overlay(images: torch.Tensor, masks: torch.Tensor, palette: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Class masks `(N, H, W)` blended over uint8 images `(N, C, H, W)` in the palette's colours
+    (torchvision's draw_segmentation_masks); ignored pixels (255) show the image as it is, and
+    grey images are repeated to RGB."""
+    from torchvision.utils import draw_segmentation_masks
+
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
-    blended = images.float() * (1 - alpha) + colors.float() * alpha
-    return blended.round().clamp(0, 255).to(torch.uint8)
+    classes = torch.arange(len(palette))[:, None, None]
+    colors = [tuple(int(v) for v in rgb) for rgb in palette]
+    masks = masks.long().cpu()
+    return torch.stack([draw_segmentation_masks(image.cpu(), mask[None] == classes, alpha=alpha, colors=colors)
+                        for image, mask in zip(images, masks, strict=True)])
 
 
 def save_images(images: torch.Tensor, folder: str | Path, names: list[str]) -> list[Path]:

@@ -134,7 +134,7 @@ def write_masks(task, cfg: DictConfig, datamodule, out_dir: Path) -> list[Path]:
         pred = predict(task, datamodule, ex.image[None])[0]
         rgb = ex.image.repeat(3, 1, 1) if ex.image.shape[0] == 1 else ex.image
         mask = colorize(pred[None], palette)
-        blend = overlay(rgb[None], mask)
+        blend = overlay(rgb[None], pred[None], palette)
         third = colorize(ex.mask[None], palette) if ex.mask is not None else blend
         written.append(save_grid(mask, images_dir / f"{ex.name}_mask.png", nrow=1, padding=0))
         written.append(save_grid(blend, images_dir / f"{ex.name}_overlay.png", nrow=1, padding=0))

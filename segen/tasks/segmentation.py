@@ -212,7 +212,7 @@ class SegmentationTask(SupervisedTask):
         row) and predicted masks (bottom row) overlaid."""
         if moment != "validation":
             return None
-        from segen.viz import colorize, overlay
+        from segen.viz import overlay
 
         images, masks = batch[0][:8], batch[1][:8]
         with torch.no_grad():
@@ -224,5 +224,5 @@ class SegmentationTask(SupervisedTask):
         std = torch.tensor(dm.std, device=images.device).view(1, -1, 1, 1)
         pixels = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
         palette = dm.info.mask_palette()
-        rows = torch.cat([overlay(pixels, colorize(masks.cpu(), palette)), overlay(pixels, colorize(predicted.cpu(), palette))])
+        rows = torch.cat([overlay(pixels, masks, palette), overlay(pixels, predicted, palette)])
         return Picture(rows, len(pixels), f"overlays_epoch_{self.current_epoch:03d}", "val/overlays")
