@@ -99,3 +99,17 @@ def test_mnist_batches_are_jittered_in_training_only(mnist_root):
     _, t = affine_matrices(len(plain), 2, 0, (1, 1), 0)
     expected = torch.cat([shifted(plain[i : i + 1], int(t[i, 0]), int(t[i, 1])) for i in range(len(plain))])
     assert torch.allclose(jittered, expected, atol=1e-5) and not torch.equal(jittered, plain)
+
+
+def test_the_cnn_mnist_recipe_jitters_digits_and_the_gan_recipes_do_not():
+    from hydra import compose, initialize_config_dir
+
+    from segen.config import config_dir
+
+    def affine(model: str):
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+            return dict(compose(config_name="train", overrides=[f"model={model}", "data=mnist"]).data.affine)
+
+    assert affine("cnn") == {"translate": 2, "degrees": 10, "scale": [0.9, 1.1], "shear": 5}
+    for gan in ("dcgan", "cgan"):  # a GAN learns the digits as they are
+        assert affine(gan) == {"translate": 0, "degrees": 0, "scale": [1.0, 1.0], "shear": 0}
