@@ -1,3 +1,4 @@
+# ruff: noqa: E402 (segen.threads must run before torch is imported)
 """Is segen fast? Training images/s against plain loops, the roofline, data path and start-up, in one run.
 
     python scripts/bench.py                  # CPU, under 5 minutes on 2 cores (`make bench`)
@@ -40,6 +41,10 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from segen.threads import configure_threads
+
+configure_threads()  # as `segen` does, before torch loads: OpenMP threads sleep when idle
 
 import pytorch_lightning as pl
 import torch
@@ -187,6 +192,7 @@ class Case:
         torch.backends.cudnn.benchmark = gpu and bool(self.cfg.trainer.get("benchmark") or False)
         if gpu and perf.get("float32_matmul_precision"):
             torch.set_float32_matmul_precision(perf.float32_matmul_precision)
+        self._nets = nets
         for net in nets:
             net.to(self.device)
             if self.fast:
@@ -397,6 +403,46 @@ def bench_training(args, device: torch.device, workdir: Path, rows: list, report
                       f"({entry['seconds']:.0f} s)")
 
 
+def bench_compile(args, device: torch.device, workdir: Path, rows: list, report: dict) -> None:
+    """torch.compile on the fast path (not in `make bench`: minutes of C++ builds): the first
+    step's time (the compile), the steady step time against eager, and the steps a run needs
+    before the compile has paid for itself."""
+    import torch._dynamo
+
+    for name in args.models:
+        model, overrides = MODELS[name]
+        case = Case(name, overrides, device, workdir, args.batch_size)
+        case.fast = True
+        entry = {}
+        for mode in ("eager", "compiled"):
+            torch._dynamo.reset()
+            step = case.plain_step(0, 1000)
+            if mode == "compiled":
+                for net in case._nets:
+                    net.compile()
+            batches = case._batches(args.compile_steps + 1, 0)
+            x, y = next(batches)
+            t0 = time.perf_counter()
+            step(x, y)
+            sync(device)
+            first = time.perf_counter() - t0
+            times = []
+            for x, y in batches:
+                t0 = time.perf_counter()
+                step(x, y)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+            entry[mode] = {"first_step_s": first, "step_s": statistics.median(times[1:])}
+        saved = entry["eager"]["step_s"] - entry["compiled"]["step_s"]
+        entry["compile_s"] = entry["compiled"]["first_step_s"] - entry["eager"]["first_step_s"]
+        entry["speedup"] = entry["eager"]["step_s"] / entry["compiled"]["step_s"]
+        entry["break_even_steps"] = entry["compile_s"] / saved if saved > 0 else None
+        report.setdefault("compile", {})[name] = entry
+        even = f"{entry['break_even_steps']:.0f} steps" if entry["break_even_steps"] else "never"
+        console.print(f"compile {name}: compile {entry['compile_s']:.1f} s, step {1000 * entry['eager']['step_s']:.0f} ms eager -> "
+                      f"{1000 * entry['compiled']['step_s']:.0f} ms compiled (x{entry['speedup']:.2f}); pays after {even}")
+
+
 # -- 2. data path ---------------------------------------------------------------------------------
 def write_mnist(root: Path, n_train: int, n_test: int) -> None:
     raw = root / "MNIST" / "raw"
@@ -581,6 +627,8 @@ def parse_args(argv=None):
     p.add_argument("--pil-workers", type=int, default=0, help="DataLoader workers of the PIL baseline")
     p.add_argument("--startup-runs", type=int, default=2)
     p.add_argument("--skip", nargs="*", default=[], choices=("training", "data", "startup"))
+    p.add_argument("--compile", action="store_true", help="also time torch.compile per model (compile time, steady step, break-even); minutes")
+    p.add_argument("--compile-steps", type=int, default=12, help="steps per compile measurement")
     p.add_argument("--out", default="outputs/bench/bench.json")
     return p.parse_args(argv)
 
@@ -606,6 +654,8 @@ def main(argv=None) -> dict:
             bench_data(args, device, workdir, rows, report)
         if "training" not in args.skip:
             bench_training(args, device, workdir, rows, report)
+        if args.compile:
+            bench_compile(args, device, workdir, rows, report)
     report["seconds"] = time.perf_counter() - started
     print_table(rows, report)
     out = Path(args.out)
