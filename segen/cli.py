@@ -17,7 +17,7 @@ from segen import __version__
 
 COMMANDS = {
     "train": "train a model (default: cnn on the built-in shapes data)",
-    "sample": "generated images (dcgan, cgan), predicted masks (unet) or photos from label maps (pix2pix): segen sample ckpt=PATH",
+    "sample": "generated images (dcgan, cgan), masks (unet), photos from label maps (pix2pix), classes (cnn): segen sample ckpt=PATH",
     "eval": "evaluate a checkpoint on a split: segen eval ckpt=PATH",
     "export": "write a checkpoint's network as ONNX or TorchScript: segen export ckpt=PATH format=onnx",
 }

@@ -41,6 +41,9 @@ def restore_task(ckpt: dict | str | Path, run_cfg: DictConfig | None = None, sto
         run_cfg, stored = checkpoint_config(ckpt)
     stored = dict(stored or {})
     datamodule = build(run_cfg.data, "data")
+    # What the datamodule saved with the checkpoint (a folder dataset's class names): the data
+    # folder need not be there any more to name the classes.
+    datamodule.load_state_dict(ckpt.get(type(datamodule).__qualname__) or {})
     fit_data_to_task(run_cfg.model, datamodule, stored.get("model"), stored.get("data"))
     task = build(run_cfg.model, "model")
     task.load_state_dict(ckpt["state_dict"])

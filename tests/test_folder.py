@@ -4,7 +4,9 @@ split and labelled from the folder names, bad files named in one line, and the C
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +231,13 @@ def test_cli_trains_a_cnn_and_a_cgan_whose_outputs_name_the_folder_classes(segen
     assert sample.returncode == 0, sample.stderr[-3000:]
     names = sorted(p.name for p in (tmp_path / "s" / "images").iterdir())
     assert {n.split("_", 1)[1].removesuffix(".png") for n in names} == set(CLASSES)
+
+    # The cnn's predictions name the folder classes, even once the data folder is gone: the
+    # class names come back from the checkpoint (segen/restore.py).
+    photos = tmp_path / "photos"
+    shutil.copytree(root / "train" / CLASSES[0], photos)
+    shutil.rmtree(root)
+    predicted = segen("sample", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"input={photos}", f"out={tmp_path / 'p'}")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "p" / "predictions.csv")))
+    assert len(rows) == len(list(photos.glob("*.png"))) and {r["class"] for r in rows} <= set(CLASSES)  # .DS_Store and the like are not images

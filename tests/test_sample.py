@@ -109,13 +109,39 @@ def test_cgan_user_mistakes_are_one_line(cgan_ckpt, tmp_path, args, expected):
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_classifier_checkpoint_keeps_its_one_line_error(tmp_path):
-    config = "model:\n  _target_: segen.tasks.classification.ClassificationTask\ndata:\n  _target_: segen.data.shapes.ShapesDataModule\n"
-    ckpt = tmp_path / "cnn.ckpt"
-    torch.save({"state_dict": {}, "segen": {"version": "0", "config": config, "choices": {"model": "cnn", "data": "shapes"}}}, ckpt)
-    result = sample(tmp_path, f"ckpt={ckpt}")
-    assert result.returncode == 2
-    assert "cnn is not a generative model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+def test_a_classifier_samples_the_class_of_each_image_by_name(straight_tiny_cnn, tmp_path):
+    """`segen sample ckpt=<cnn>`: predictions.csv names the dataset's classes; the probabilities
+    are the checkpoint's own softmax, computed here independently."""
+    import csv
+
+    from segen.restore import restore_task
+
+    ckpt = straight_tiny_cnn / "checkpoints" / "last.ckpt"
+    result = sample(tmp_path, f"ckpt={ckpt}", "n=6", f"out={tmp_path / 'test'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "test" / "predictions.csv")))
+    _, task, dm = restore_task(ckpt)
+    classes = list(dm.info.class_names)
+    assert len(rows) == 6 and {r["class"] for r in rows} <= set(classes) and all(r["truth"] in classes for r in rows)
+    images = torch.stack([e.image for e in dm.examples("test", 6)])
+    with torch.no_grad():
+        probs = task.eval()(dm.normalize(images)).float().softmax(1)
+    assert [r["class"] for r in rows] == [classes[i] for i in probs.argmax(1).tolist()]
+    assert [float(r["probability"]) for r in rows] == pytest.approx(probs.max(1).values.tolist(), abs=1e-4)
+    assert [r["truth"] for r in rows] == [classes[i] for i in dm.splits["test"].targets[:6].tolist()]
+
+    # Photos from input=, of another size: resized to the training size, no truth column.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(images[:3]):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).resize((40, 40)).save(photos / f"p{i}.png")
+    result = sample(tmp_path, f"ckpt={ckpt}", f"input={photos}", f"out={tmp_path / 'photos_out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "photos_out" / "predictions.csv")))
+    assert [r["file"] for r in rows] == ["p0.png", "p1.png", "p2.png"] and all(r["truth"] == "" for r in rows)
+    assert "predictions.csv" in result.stdout and (tmp_path / "photos_out" / "grid.png").is_file()
+    bad = sample(tmp_path, f"ckpt={ckpt}", "format=labelids")
+    assert bad.returncode == 2 and "a classifier writes predictions.csv" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
 class _FirstClassSegmenter(torch.nn.Module):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from segen.outputs.labels import check_request, write_predictions
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
 
@@ -73,6 +76,14 @@ class ClassificationTask(SupervisedTask):
 
     def image_classifier(self):
         return self.net
+
+    # -- segen sample: the class of each image, by the dataset's class names ----------------------
+    @classmethod
+    def check_sample_request(cls, cfg: DictConfig, model: str) -> None:
+        check_request(cfg, model)
+
+    def write_samples(self, cfg: DictConfig, datamodule, out: Path, model: str) -> list[Path]:
+        return write_predictions(self, cfg, datamodule, out)
 
     def export_spec(self, datamodule):
         """`segen export`: the net's logits for standardized images; batch size is free."""
