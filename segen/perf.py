@@ -278,7 +278,7 @@ class ModelSummary(pl.callbacks.RichModelSummary):
     zeros unless a module declares them, so they are shown only when they are not."""
 
     @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, **kwargs) -> None:
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops=0, **kwargs) -> None:
         from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
         from rich import get_console
         from rich.table import Table
