@@ -15,7 +15,7 @@ from test_resilience import TINY, assert_same_weights
 # 600 shapes images, 540 after the validation split, batch 128: 4 steps per epoch. With lr=0
 # val/acc never improves after epoch 0, so best.ckpt stays at epoch 0, step 4.
 FROZEN = ("model=cnn", "data=shapes", "data.num_train=600", "data.num_test=100", "trainer.max_epochs=3",
-          "model.optimizer.lr=0", "test=false")
+          "model.optimizer.lr=0", "test=false", "trainer.precision=32-true")
 
 
 def stored(ckpt: Path) -> tuple[int, int]:
