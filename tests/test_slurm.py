@@ -77,11 +77,13 @@ def test_submitit_local_runs_a_tiny_job(segen, tmp_path):
 def test_missing_plugin_is_a_one_line_error(monkeypatch, capsys):
     import importlib.util
 
-    from segen import cli
+    from segen import precheck
+    from segen.config import config_dir
+    from segen.errors import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "submitit" in name else real(name, *a))
-    with pytest.raises(SystemExit) as stop:
-        cli.check_launcher(["hydra/launcher=slurm"], "train")
-    assert stop.value.code == 2
-    assert "pip install 'segen[slurm]'" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as refused:
+        precheck.check_overrides(["hydra/launcher=slurm"], "train", config_dir(), compose=False)
+    message = str(refused.value)
+    assert "\n" not in message and "pip install 'segen[slurm]'" in message

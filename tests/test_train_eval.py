@@ -105,8 +105,9 @@ def test_eval_rejects_unknown_data_key_and_contradicting_model(segen, tmp_path, 
     ckpt = f"ckpt={run}/checkpoints/last.ckpt"
     bad_key = segen("eval", ckpt, "data.no_such_key=1", f"hydra.run.dir={tmp_path}/e1", cwd=tmp_path)
     assert bad_key.returncode == 2 and "no_such_key" in bad_key.stderr
-    sample = segen("sample", ckpt, f"hydra.run.dir={tmp_path}/s1", cwd=tmp_path)
-    assert sample.returncode == 2 and "not a generative model" in sample.stderr
+    other = segen("sample", ckpt, "model=unet", f"hydra.run.dir={tmp_path}/s1", cwd=tmp_path)
+    assert other.returncode == 2 and "model=unet contradicts the checkpoint" in other.stderr
+    assert not (tmp_path / "s1").exists() or not any((tmp_path / "s1").glob("*.png"))
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
