@@ -20,7 +20,8 @@ from pathlib import Path
 from PIL import Image
 
 from segen.data.cityscapes import list_files
-from segen.data.paired import read_image, read_label_ids
+from segen.data.files import read_image
+from segen.data.paired import read_label_ids
 from segen.errors import SegenError
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = args.dst / kind / split / src.parent.name / src.name
                 out.parent.mkdir(parents=True, exist_ok=True)
                 if kind == "leftImg8bit":
-                    Image.fromarray(read_image(src, args.size)).save(out)
+                    Image.fromarray(read_image(src, 3, args.size, resize="stretch").transpose(1, 2, 0)).save(out)
                 else:
                     Image.fromarray(read_label_ids(src, args.size), mode="L").save(out)
         print(f"{split}: {len(pairs)} images -> {args.dst}")

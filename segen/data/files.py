@@ -5,7 +5,7 @@ Listing follows torchvision's `ImageFolder`: the extensions of `IMG_EXTENSIONS`,
 case-insensitively; everything else (`.DS_Store`, `Thumbs.db`, `*.txt`, hidden files such as
 macOS's `._photo.jpg`) is not an image and is ignored.
 
-Decoding policy (`read_photo`): EXIF orientation applied (a phone's portrait photo stands up, as
+Decoding policy (`read_image`, the one image reader of segen): EXIF orientation applied (a phone's portrait photo stands up, as
 every viewer shows it); any mode converted to RGB (`channels: 3`) or greyscale (`channels: 1`):
 greyscale is repeated, palette images are expanded, an alpha channel is dropped (as
 `ImageFolder`'s loader does); then brought to `image_size` = (H, W) by `resize`:
@@ -58,17 +58,19 @@ def unreadable(path: Path, err: Exception) -> UnreadableImage:
     )
 
 
-def read_photo(path: Path, channels: int, size: Sequence[int], resize: str = "short_side_crop") -> np.ndarray:
-    """uint8 `(channels, H, W)` from any image file, by the policy in the module docstring."""
+def read_image(path: Path, channels: int = 3, size: Sequence[int] | None = None, resize: str = "short_side_crop") -> np.ndarray:
+    """uint8 `(channels, H, W)` from any image file, by the policy in the module docstring; at
+    its own size when `size` is None. An undecodable file raises PIL's OSError: the caller
+    knows which fix to name (skip it, replace it)."""
     from PIL import Image, ImageOps
 
-    h, w = int(size[0]), int(size[1])
     with Image.open(path) as im:
         im.load()  # decode now: a truncated file fails here, not half-way through training
         im = ImageOps.exif_transpose(im)
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")  # what PIL asks for before dropping a palette's transparency
         im = im.convert("RGB" if channels == 3 else "L")
+        w, h = im.size if size is None else (int(size[1]), int(size[0]))
         if im.size != (w, h):
             if resize == "stretch":
                 im = im.resize((w, h), Image.BILINEAR)

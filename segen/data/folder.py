@@ -39,7 +39,7 @@ from segen.data.files import (
     UnreadableImage,
     check_resize,
     image_files,
-    read_photo,
+    read_image,
     report_skipped,
     unreadable,
 )
@@ -212,7 +212,7 @@ class FolderDataModule(InMemoryImageDataModule):
         for path, label in self.files(split):
             try:
                 try:
-                    image = read_photo(path, self.channels, self.image_size, self.resize)
+                    image = read_image(path, self.channels, self.image_size, self.resize)
                 except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
                     raise unreadable(path, err) from err
             except UnreadableImage:

@@ -43,7 +43,7 @@ from segen.data.cache import (
     split_dataset,
     write_cache,
 )
-from segen.data.files import UnreadableImage, report_skipped, unreadable
+from segen.data.files import UnreadableImage, read_image, report_skipped, unreadable
 from segen.data.in_memory import (
     IGNORE_INDEX,
     Example,
@@ -57,17 +57,6 @@ from segen.errors import ConfigError, DataError
 from segen.io import atomic_write
 
 Pair = tuple[Path, Path]  # (photo, label map)
-
-
-def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 `(H, W, 3)`, resized (bilinear, antialiased) to `size` = (H, W) if given."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
 
 
 def read_label_ids(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -357,7 +346,7 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         return pairs if kept is None or len(kept) == len(pairs) else [pairs[i] for i in kept]
 
     def _read_photo(self, path: Path) -> np.ndarray:
-        return read_image(path, self.image_size).transpose(2, 0, 1)
+        return read_image(path, 3, self.image_size, resize="stretch")
 
     def _read_mask(self, path: Path) -> np.ndarray:
         return self.from_label_ids(resize_labels(self.read_label_map(path), self.image_size))

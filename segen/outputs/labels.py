@@ -12,11 +12,12 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from segen.console import console
-from segen.errors import ConfigError
+from segen.errors import ConfigError, DataError
 from segen.outputs.masks import input_files
 from segen.viz import save_grid
 
@@ -35,12 +36,10 @@ def check_request(cfg: DictConfig, model: str) -> None:
 
 def _inputs(cfg: DictConfig, datamodule) -> tuple[torch.Tensor, list[str], list[int | None]]:
     """uint8 images at the training size, their names, and their true classes (None: unknown)."""
-    from segen.data.files import read_photo
-
     info = datamodule.info
     if cfg.get("input"):
         files = input_files(Path(str(cfg.input)).expanduser())
-        images = torch.stack([torch.from_numpy(read_photo(f, info.channels, info.image_size)) for f in files])
+        images = torch.stack([torch.from_numpy(_read(f, info.channels, info.image_size)) for f in files])
         return images, [f.name for f in files], [None] * len(files)
     count = int(cfg.get("n") or DEFAULT_COUNT)
     examples = datamodule.examples("test", count)
@@ -75,3 +74,12 @@ def write_predictions(task, cfg: DictConfig, datamodule, out: Path) -> list[Path
         console.print(f"  {row['file']}: {row['class']} {row['probability']}{truth}", soft_wrap=True)
     console.print(f"[bold]Wrote[/] {path} ({len(rows)} images: file, class, probability, runner_up, truth) and {grid}", soft_wrap=True)
     return [path, grid]
+
+
+def _read(path: Path, channels: int, size) -> np.ndarray:
+    from segen.data.files import read_image
+
+    try:
+        return read_image(path, channels, size)
+    except OSError as err:
+        raise DataError(f"cannot read {path} as an image ({err}); replace it or leave it out of input=") from err

@@ -43,17 +43,14 @@ def input_files(path: Path) -> list[Path]:
     raise DataError(f"input={path} does not exist; pass an image file or a folder of images")
 
 
-def read_image(path: Path, channels: int) -> torch.Tensor:
-    """uint8 `(C, H, W)` with the model's number of channels."""
-    from PIL import Image
+def read_input(path: Path, channels: int) -> torch.Tensor:
+    """uint8 `(C, H, W)` at the file's own size, with the model's number of channels."""
+    from segen.data.files import read_image
 
     try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+        return torch.from_numpy(read_image(path, channels))
     except OSError as err:
-        raise DataError(f"cannot read {path} as an image ({err})") from err
-    array = array[..., None] if array.ndim == 2 else array
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        raise DataError(f"cannot read {path} as an image ({err}); replace it or leave it out of input=") from err
 
 
 @torch.no_grad()
@@ -84,7 +81,7 @@ def requested_examples(cfg: DictConfig, datamodule) -> list[Example]:
     info = datamodule.info
     if cfg.get("input"):
         files = input_files(Path(str(cfg.input)).expanduser())
-        return [Example(read_image(f, info.channels), None, info.output_name(f)) for f in files]
+        return [Example(read_input(f, info.channels), None, info.output_name(f)) for f in files]
     return datamodule.examples("val", int(cfg.get("n") or DEFAULT_COUNT))
 
 
