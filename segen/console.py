@@ -22,11 +22,18 @@ _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is global rank 0 (or the only one), known before any Trainer exists.
+    """Whether this process is global rank 0 (or the only one). Only rank 0 prints and writes
+    run files; the other ranks train and stay quiet.
 
-    Only rank 0 prints and writes run files; the other ranks train and stay quiet.
+    Once Lightning is imported, its `rank_zero_only.rank` decides (the Trainer's strategy sets
+    it to the global rank); before that (a refusal, the config tree, before torch loads) the
+    launchers' variables do, which also covers NODE_RANK that Lightning's import-time guess
+    does not read.
     """
-    return all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES)
+    if not all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES):
+        return False
+    lightning_ranks = sys.modules.get("lightning_utilities.core.rank_zero")
+    return lightning_ranks is None or getattr(lightning_ranks.rank_zero_only, "rank", 0) == 0
 
 
 # Off a terminal (a log file, CI), lines are never wrapped, so printed paths stay copyable.

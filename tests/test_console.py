@@ -112,3 +112,19 @@ def test_unknown_key_suggests_the_nearest(segen, tmp_path, typo, meant):
     result = segen("train", typo, cwd=tmp_path)
     assert result.returncode == 2 and f"(did you mean {meant}?)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rank_zero_follows_the_launcher_variables_then_lightnings_rank(monkeypatch):
+    from lightning_utilities.core.rank_zero import rank_zero_only
+
+    from segen.console import is_rank_zero
+
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert is_rank_zero()
+    monkeypatch.setenv("NODE_RANK", "1")  # a second node's first process: Lightning's import-time guess says 0
+    assert not is_rank_zero()
+    monkeypatch.delenv("NODE_RANK")
+    monkeypatch.setattr(rank_zero_only, "rank", 3)  # what a Trainer's strategy sets on global rank 3
+    assert not is_rank_zero()
