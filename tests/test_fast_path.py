@@ -9,6 +9,7 @@ records what ran inside the first training step, so a test proves the path, not 
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 from pathlib import Path
@@ -156,6 +157,36 @@ def test_precision_and_layout_overrides_force_the_old_path(segen, tmp_path, monk
     assert "Precision: 32-true + NCHW (as configured)" in result.stdout
     seen = json.loads((run / "probe.json").read_text())
     assert set(seen["outputs"].values()) == {"torch.float32"} and not any(seen["channels_last"].values())
+
+
+# -- what stays fp32 ------------------------------------------------------------------------------
+def test_spectral_norm_power_iteration_stays_fp32_under_cpu_autocast():
+    """segen's spectrally normalized D (torch's parametrization, `segen.models.dcgan.spectral_normalize`)
+    under bf16 autocast on a CPU, with channels_last weights as the fast path has them: the power
+    iteration's u and v, sigma and the normalized weight are fp32 and bit for bit what the same
+    net computes without autocast, because CPU autocast does not cast `mv` or `vdot`. (CUDA's
+    autocast does cast `mv` to bf16: docs/performance.md.)"""
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 8, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(8, 16, 4, 2, 1), nn.Flatten(), nn.Linear(16 * 4 * 4, 1))
+    for layer in net:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.utils.parametrizations.spectral_norm(layer)
+    net.to(memory_format=torch.channels_last)
+    twin = copy.deepcopy(net)
+    x = torch.randn(4, 3, 16, 16).to(memory_format=torch.channels_last)
+    assert torch.mv(torch.randn(5, 3), torch.randn(3)).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.mv(torch.randn(5, 3), torch.randn(3)).dtype == torch.float32  # not an autocast op on CPU
+        assert net(x).dtype == torch.bfloat16  # the convs and the linear layer did run in bf16
+        weights = [layer.weight for layer in (net[0], net[2], net[4])]  # one more power iteration each
+    twin(x)
+    plain = [layer.weight for layer in (twin[0], twin[2], twin[4])]
+    for layer, other, w, w_plain in zip((net[0], net[2], net[4]), (twin[0], twin[2], twin[4]), weights, plain, strict=True):
+        sn, sn_plain = layer.parametrizations.weight[0], other.parametrizations.weight[0]
+        assert sn._u.dtype == sn._v.dtype == torch.float32
+        assert torch.equal(sn._u, sn_plain._u) and torch.equal(sn._v, sn_plain._v)
+        assert w.dtype == torch.float32 and torch.equal(w, w_plain)
 
 
 # -- the GPU preset's code path, on a CPU ---------------------------------------------------------
