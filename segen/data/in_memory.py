@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -177,8 +178,14 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         hflip: bool = False,
         affine: dict | None = None,
         eval_batch_size: int | None = None,
+        synthetic: str | None = None,
+        synthetic_share: float = 0.5,
+        synthetic_sampling: str = "uniform",
     ):
         super().__init__()
+        from segen.data.synthetic import check_options
+
+        check_options(synthetic, synthetic_share, synthetic_sampling)
         if batch_size < 1:
             raise DataError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -193,6 +200,10 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.splits: dict[str, TensorImageDataset] = {}
         self.eval_split = "test"  # which split test_dataloader serves; `segen eval split=` sets it
         self.target = "labels" if "labels" in self.targets else "masks"
+        # Generated pairs mixed into training batches only (segen/data/synthetic.py).
+        self.synthetic = str(synthetic) if synthetic not in (None, "") else None
+        self.synthetic_share, self.synthetic_sampling = float(synthetic_share), synthetic_sampling
+        self._synthetic = None
 
     # -- what models need to know about the data, before any file is read --------------------
     @property
@@ -301,7 +312,39 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        if self.synthetic is None:
+            return self._loader("train", train=True)
+        return self._mixed_loader()
+
+    def synthetic_pairs(self):
+        """The `data.synthetic` folder's pairs at this dataset's size, read once (`SyntheticPairs`)."""
+        from segen.data.synthetic import read_synthetic
+
+        if self._synthetic is None:
+            if self.target != "masks":
+                raise DataError(f"data.synthetic holds (photo, label map) pairs, but this run trains on data={self.name}'s {self.target}; drop data.synthetic")
+            info = self.info
+            self._synthetic = read_synthetic(Path(self.synthetic), info.mask_class_names, info.image_size, self.channels)
+        return self._synthetic
+
+    def _mixed_loader(self) -> DataLoader:
+        """Training batches of real and synthetic pairs in the `synthetic_share` proportion, as many
+        per epoch as the real split alone gives (segen/data/synthetic.py)."""
+        from segen.data.synthetic import MixedBatchSampler, MixedDataset, share_counts
+
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:
+            raise DataError("data.synthetic mixes batches on one device only for now; train on one device, or drop data.synthetic")
+        real, synthetic = self.splits["train"], self.synthetic_pairs()
+        n_real, n_syn = share_counts(self.batch_size, self.synthetic_share)
+        weights = None
+        if self.synthetic_sampling == "loss":
+            if synthetic.mean_loss is None:
+                raise DataError(f"data.synthetic_sampling=loss needs {self.synthetic}/scores.json; filter the folder first (segen sample ckpt=<unet ckpt> input=<dir> format=freemask out=<new dir>)")
+            weights = synthetic.mean_loss
+        num_batches = len(real) // self.batch_size if len(real) > self.batch_size else 1
+        sampler = MixedBatchSampler(len(real), len(synthetic), n_real, n_syn, num_batches, weights)
+        return DataLoader(MixedDataset(real, synthetic), batch_sampler=sampler, collate_fn=already_batched)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
