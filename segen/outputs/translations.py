@@ -1,5 +1,7 @@
 """`segen sample ckpt=<pix2pix ckpt> [input=FILE|DIR] [split=val] [n=8] [seed=42]`.
 
+(`format=folder_seg per_map=K`: a synthetic training set instead, segen/outputs/synthetic.py.)
+
 Translates label maps into images and writes, into `out`:
 - `images/<name>.png`: one generated image per label map, named after it: for an input file,
   `DataInfo.photo_name` (Cityscapes: `<city>_<seq>_<frame>_leftImg8bit.png`, so the official
@@ -29,12 +31,20 @@ from segen.reports import SPLITS
 from segen.viz import colorize, legend, save_grid, save_images, to_uint8
 
 DEFAULT_COUNT = 8
+FORMATS = ("png", "folder_seg")  # folder_seg: a synthetic training set (segen/outputs/synthetic.py)
 
 
 def check_request(cfg: DictConfig, model: str) -> None:
     """Fail on an impossible request before the model or data are loaded."""
-    if (cfg.get("format") or "png") != "png":
-        raise ConfigError(f"format={cfg.format} is not supported for {model}; it writes PNG images (drop format=)")
+    fmt = cfg.get("format") or "png"
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={cfg.format} is not supported for {model}; use format=png (generated images) or format=folder_seg (a synthetic training set)")
+    if fmt != "folder_seg" and (cfg.get("per_map") is not None or cfg.get("changed_maps")):
+        raise ConfigError("per_map= and changed_maps= write a synthetic training set; add format=folder_seg")
+    if fmt == "folder_seg":
+        from segen.outputs.synthetic import check_request as check_synthetic
+
+        check_synthetic(cfg)
     if cfg.get("labels") is not None or cfg.get("per_class") is not None:
         raise IncompatibleError(
             f"{model} translates label maps, so labels= and per_class= do not apply; pass input=<label PNG or folder>, or nothing for the split's label maps"
@@ -42,7 +52,7 @@ def check_request(cfg: DictConfig, model: str) -> None:
     n = cfg.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ConfigError(f"n={n} is not a number of label maps; pass a positive integer, e.g. n=8")
-    split = cfg.get("split") or "val"
+    split = cfg.get("split") or ("train" if fmt == "folder_seg" else "val")
     if split not in SPLITS:
         raise ConfigError(f"split={split} is not a split; use split=val, split=train or split=test")
 
@@ -110,6 +120,10 @@ def save_translation_grid(path: Path, masks: torch.Tensor, fake: torch.Tensor, r
 
 def write_translations(task, cfg: DictConfig, datamodule, out: Path) -> list[Path]:
     """Translate `input=` label maps (or the first `n` of `split=`) and write images and the grid."""
+    if (cfg.get("format") or "png") == "folder_seg":
+        from segen.outputs.synthetic import write_synthetic
+
+        return write_synthetic(task, cfg, datamodule, out)
     info = datamodule.info
     if cfg.get("input"):
         masks, names = input_label_maps(Path(str(cfg.input)).expanduser(), info)

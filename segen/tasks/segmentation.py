@@ -163,11 +163,19 @@ class SegmentationTask(SupervisedTask):
 
     @classmethod
     def check_sample_request(cls, cfg, model: str) -> None:
+        if cfg.get("format") == "freemask":  # FreeMask's filter of a synthetic folder
+            from segen.outputs.freemask import check_request as check_filter
+
+            return check_filter(cfg)
         from segen.outputs.masks import check_request
 
         check_request(cfg, model)
 
     def write_samples(self, cfg, datamodule, out, model):
+        if cfg.get("format") == "freemask":
+            from segen.outputs.freemask import write_filtered
+
+            return write_filtered(self, cfg, datamodule, out)
         from segen.outputs.masks import write_masks
 
         return write_masks(self, cfg, datamodule, out)
