@@ -60,9 +60,24 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+# Model parts whose class moved since checkpoints were written, by (old target, a key only the old
+# form has): segen 0.1.0's dcgan nets held the latent code (now segen/models/latent_code.py).
+MOVED_TARGETS = {
+    ("segen.models.dcgan.Generator", "code_classes"): "segen.models.latent_code.generator",
+    ("segen.models.dcgan.Discriminator", "code_classes"): "segen.models.latent_code.discriminator",
+}
+
+
 def checkpoint_config(ckpt: dict) -> tuple[DictConfig, dict[str, str]]:
-    """The run config and group choices stored by `ConfigInCheckpoint`."""
-    return OmegaConf.create(ckpt[KEY]["config"]), dict(ckpt[KEY].get("choices", {}))
+    """The run config and group choices stored by `ConfigInCheckpoint`, with moved model parts
+    pointed at their new place (the weights' keys follow in the modules' load hooks)."""
+    cfg = OmegaConf.create(ckpt[KEY]["config"])
+    for part in (cfg.get("model") or {}).values():
+        if isinstance(part, DictConfig):
+            moved = next((new for (old, key), new in MOVED_TARGETS.items() if part.get("_target_") == old and key in part), None)
+            if moved is not None:
+                part._target_ = moved
+    return cfg, dict(ckpt[KEY].get("choices", {}))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

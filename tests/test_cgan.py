@@ -9,7 +9,7 @@ from segen.models import dcgan
 from segen.models.cgan import ConditionalBatchNorm2d, Discriminator, Generator
 
 
-@pytest.mark.parametrize("conditioning", ["embed", "cbn"])
+@pytest.mark.parametrize("conditioning", ["embed", "cbn", "onehot"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [28, 32, 64])
 def test_generator_shapes(conditioning, channels, size):
@@ -28,7 +28,7 @@ def test_discriminator_shapes(conditioning, channels, size):
     assert isinstance(d.net, dcgan.Discriminator)
 
 
-@pytest.mark.parametrize("conditioning", ["embed", "cbn"])
+@pytest.mark.parametrize("conditioning", ["embed", "cbn", "onehot"])
 def test_changing_only_the_label_changes_the_image(conditioning):
     torch.manual_seed(0)
     g = Generator(3, 32, num_classes=10, latent_dim=16, width=8, conditioning=conditioning)
@@ -55,7 +55,7 @@ def test_discriminator_uses_the_label(conditioning):
 
 def test_bad_conditioning_is_a_value_error():
     with pytest.raises(ValueError, match="conditioning"):
-        Generator(3, 32, num_classes=4, conditioning="onehot")
+        Generator(3, 32, num_classes=4, conditioning="film")
     with pytest.raises(ValueError, match="conditioning"):
         Discriminator(3, 32, num_classes=4, conditioning="ac")
 
@@ -83,3 +83,11 @@ def test_class_logits_are_the_projection_terms_of_every_label():
     assert torch.allclose(scores - scores[:, :1], class_logits - class_logits[:, :1], atol=1e-4)
     with pytest.raises(ValueError, match="projection"):
         Discriminator(3, 32, num_classes=4, width=8, conditioning="concat").forward_with_class_logits(x, labels)
+
+
+def test_onehot_joins_the_labels_one_hot_vector_to_the_noise():
+    g = Generator(1, 28, num_classes=5, latent_dim=7, width=4, conditioning="onehot").eval()
+    assert g.net.layers[0].in_channels == 7 + 5  # the noise and the one-hot label
+    z, labels = torch.randn(3, 7), torch.tensor([0, 4, 2])
+    joined = torch.cat([z, torch.nn.functional.one_hot(labels, 5).float()], dim=1)
+    assert torch.equal(g(z, labels), g.net(joined))

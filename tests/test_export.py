@@ -66,13 +66,14 @@ def gan_task(conditional: bool, ema: float | None = None, code: int | None = Non
 
         gen, disc = Generator(3, 32, num_classes=4, latent_dim=16, width=8), Discriminator(3, 32, num_classes=4, width=8)
     else:
-        from segen.models.dcgan import Discriminator, Generator
+        from segen.models.latent_code import discriminator, generator
 
-        gen, disc = Generator(3, 32, latent_dim=16, width=8, code_classes=code, code_input=code_input), Discriminator(3, 32, width=8, code_classes=code, latent_code=latent_code)
+        gen = generator(3, 32, latent_dim=16, width=8, code_classes=code, code_input=code_input)
+        disc = discriminator(3, 32, width=8, code_classes=code, latent_code=latent_code)
     adam = partial(torch.optim.Adam, lr=2e-4)
     task = GANTask(perturb_batchnorm(gen), disc, adam, adam, ema_decay=ema, latent_code_classes=code, latent_code=latent_code)
     if latent_code == "clusters":  # as fitted: codes drawn as often as their clusters hold images
-        task.sampler.set_code_prior(torch.tensor(CLUSTER_PRIOR))
+        task.sampler.noise_code.set_prior(torch.tensor(CLUSTER_PRIOR))
     if ema is not None:  # the EMA copy differs from the live generator: export must pick it
         with torch.no_grad():
             for p in task.generator_ema.parameters():

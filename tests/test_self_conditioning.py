@@ -1,6 +1,7 @@
 """Self-conditioning (`model.latent_code=clusters`): k-means clusters of the training images as
-dcgan's latent code, a code prior that follows the cluster sizes, a discriminator conditioned on
-the code by projection, and clusters fitted once per run (kept in checkpoints)."""
+dcgan's latent code, a label source of the conditional path (segen/tasks/clusters.py), a code
+prior that follows the cluster sizes, cgan's projection discriminator on the code, and clusters
+fitted once per run (kept in checkpoints)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from omegaconf import OmegaConf
 from segen.config import bind_data, build, config_dir
 from segen.data.info import DataInfo
 from segen.errors import ConfigError
-from segen.models import dcgan
+from segen.models import cgan, latent_code
+from segen.tasks.clusters import ClusterLabels
 from segen.tasks.gan import GANTask
 from segen.tasks.kmeans import kmeans, nearest
 
@@ -27,8 +29,8 @@ def adam(params):
 
 
 def clustered_task(**kwargs) -> GANTask:
-    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
-    d = dcgan.Discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
+    g = latent_code.generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    d = latent_code.discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
     return GANTask(g, d, adam, adam, loss="hinge", latent_code_classes=K, latent_code="clusters", **kwargs)
 
 
@@ -61,47 +63,42 @@ def test_kmeans_finds_separated_groups_and_is_seeded():
 
 
 def test_code_prior_sets_how_often_each_code_is_drawn():
-    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
-    assert torch.allclose(g.code_prior(), torch.full((K,), 1 / K, dtype=torch.float64))
+    g = latent_code.generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    assert torch.allclose(g.noise_code.prior(), torch.full((K,), 1 / K, dtype=torch.float64))
     prior = torch.tensor([0.1, 0.3, 0.6])
-    g.set_code_prior(prior)
-    assert torch.allclose(g.code_prior().float(), prior, atol=1e-6)
+    g.noise_code.set_prior(prior)
+    assert torch.allclose(g.noise_code.prior().float(), prior, atol=1e-6)
     z = torch.randn(40000, 8, generator=torch.Generator().manual_seed(0))
     share = torch.bincount(g.code(z), minlength=K).float() / len(z)
     assert torch.allclose(share, prior, atol=0.01)
     wanted = torch.tensor([0, 1, 2, 2, 0])
-    assert torch.equal(g.code(g.with_codes(z[:5], wanted)), wanted)  # the bin middles of the new prior
-    # The prior is saved with the weights; a state dict from before it was saved loads as uniform.
+    assert torch.equal(g.code(g.noise_code.with_codes(z[:5], wanted)), wanted)  # the bin middles of the new prior
+    # The prior is saved with the weights.
     state = g.state_dict()
-    assert torch.equal(state["code_bounds"], g.code_bounds)
-    fresh = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
+    assert torch.equal(state["noise_code.bounds"], g.noise_code.bounds)
+    fresh = latent_code.generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
     fresh.load_state_dict(state)
-    assert torch.allclose(fresh.code_prior().float(), prior, atol=1e-6)
-    old = {k: v for k, v in state.items() if k != "code_bounds"}
-    fresh = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K, code_input="cbn")
-    fresh.load_state_dict(old)
-    assert torch.allclose(fresh.code_prior().float(), torch.full((K,), 1 / K), atol=1e-6)
+    assert torch.allclose(fresh.noise_code.prior().float(), prior, atol=1e-6)
 
 
 def test_clustered_discriminator_projects_the_code():
     torch.manual_seed(0)
-    d = dcgan.Discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
+    d = latent_code.discriminator(1, 28, width=4, norm="spectral", code_classes=K, latent_code="clusters")
+    assert isinstance(d, cgan.Discriminator) and d.conditioning == "projection" and d.num_classes == K  # cgan's projection D
     assert not hasattr(d, "code_head")  # no InfoGAN Q head: D is conditioned instead
     d.eval()  # spectral norm's power iteration stands still, so every call sees the same weights
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        d.code_embed.parametrizations.weight.original.normal_()
-        logits, code_logits = d.forward_with_code_logits(x, torch.tensor([0, 2]))
-        plain = d.head(d.features(x)).flatten()
+        d.embed.parametrizations.weight.original.normal_()
+        logits, code_logits = d.forward_with_class_logits(x, torch.tensor([0, 2]))
+        plain = d.net.head(d.features(x)).flatten()
         pooled = d.features(x).sum(dim=(2, 3))
-        expected = pooled @ d.code_embed.weight.t()
+        expected = pooled @ d.embed.weight.t()
     assert code_logits.shape == (2, K) and torch.allclose(code_logits, expected, atol=1e-5)
     assert torch.allclose(logits, plain + expected[[0, 1], [0, 2]], atol=1e-5)
     assert torch.allclose(d(x, torch.tensor([0, 2])), logits, atol=1e-5)
-    with pytest.raises(ValueError, match="codes"):
-        d(x)
     with pytest.raises(ValueError, match="latent_code"):
-        dcgan.Discriminator(1, 28, width=4, code_classes=K, latent_code="labels")
+        latent_code.discriminator(1, 28, width=4, code_classes=K, latent_code="labels")
 
 
 class FakeTrainer:
@@ -123,20 +120,21 @@ def test_fit_at_start_sets_clusters_prior_and_real_codes(capsys):
     images, kinds = three_kinds()
     attach(task, FakeTrainer(images))
     task.on_fit_start()
-    assert bool(task.clusters.fitted)
+    assert bool(task.label_source.clusters.fitted)
     assert "Self-conditioning: 3 k-means clusters of 90 training images (pixels), sizes" in capsys.readouterr().out
     real = images.float() / 127.5 - 1  # what a training batch holds
-    codes = task.clusters.assign(real)
+    codes = task.label_source.clusters.assign(real)
     assert same_partition(codes, kinds)
     sizes = torch.bincount(codes, minlength=K).float() / len(codes)
-    for net in (task.generator, task.generator_ema):
-        assert torch.allclose(net.code_prior().float(), sizes, atol=1e-6)
+    assert isinstance(task.label_source, ClusterLabels)
+    for net in (task.generator, task.sampler):  # the live generator and its average
+        assert torch.allclose(net.noise_code.prior().float(), sizes, atol=1e-6)
     # A resumed run has its clusters: on_fit_start does not refit.
-    before = task.clusters.pixel_centroids.clone()
+    before = task.label_source.clusters.pixel_centroids.clone()
     attach(task, FakeTrainer(torch.zeros(90, 1, 28, 28, dtype=torch.uint8)))
     task.on_fit_start()
-    assert torch.equal(task.clusters.pixel_centroids, before)
-    assert {"clusters.pixel_centroids", "clusters.fitted", "generator.code_bounds"} <= set(task.state_dict())
+    assert torch.equal(task.label_source.clusters.pixel_centroids, before)
+    assert {"label_source.clusters.pixel_centroids", "label_source.clusters.fitted", "generator.noise_code.bounds"} <= set(task.state_dict())
 
 
 def test_recluster_on_discriminator_features_keeps_codes_matched():
@@ -147,26 +145,26 @@ def test_recluster_on_discriminator_features_keeps_codes_matched():
     attach(task, trainer)
     task.on_fit_start()
     real = images.float() / 127.5 - 1
-    pixel_codes = task.clusters.assign(real)
+    pixel_codes = task.label_source.clusters.assign(real)
     trainer.current_epoch = 2
-    task._recluster_if_due()
-    assert int(task.clusters.refits) == 0  # not yet: due after epoch 4 of 8
+    task.on_train_epoch_end()
+    assert int(task.label_source.clusters.refits) == 0  # not yet: due after epoch 4 of 8
     trainer.current_epoch = 3
-    task._recluster_if_due()
-    assert int(task.clusters.refits) == 1 and int(task.clusters.space) == 1
+    task.on_train_epoch_end()
+    assert int(task.label_source.clusters.refits) == 1 and int(task.label_source.clusters.space) == 1
     # The encoder is a frozen copy of D's feature layers: same outputs, no gradients, eval mode.
     task.discriminator.eval()
     with torch.no_grad():
-        assert torch.allclose(task.clusters.encoder(real[:4]), task.discriminator.features(real[:4]), atol=1e-5)
-    assert not any(p.requires_grad for p in task.clusters.encoder.parameters())
+        assert torch.allclose(task.label_source.clusters.encoder(real[:4]), task.discriminator.features(real[:4]), atol=1e-5)
+    assert not any(p.requires_grad for p in task.label_source.clusters.encoder.parameters())
     task.train()
-    assert not task.clusters.encoder.training
+    assert not task.label_source.clusters.encoder.training
     # Codes keep their meaning where the clusters agree (here: three obvious kinds, so everywhere).
-    feature_codes = task.clusters.assign(real)
+    feature_codes = task.label_source.clusters.assign(real)
     assert (feature_codes == pixel_codes).float().mean() > 0.9
     trainer.current_epoch = 7
-    task._recluster_if_due()
-    assert int(task.clusters.refits) == 1  # one refit was asked for
+    task.on_train_epoch_end()
+    assert int(task.label_source.clusters.refits) == 1  # one refit was asked for
 
 
 def test_recluster_at_is_a_share_of_max_steps_when_steps_end_the_run():
@@ -177,11 +175,11 @@ def test_recluster_at_is_a_share_of_max_steps_when_steps_end_the_run():
     attach(task, trainer)
     task.on_fit_start()
     trainer.current_epoch, trainer.global_step = 2, 140
-    task._recluster_if_due()
-    assert int(task.clusters.refits) == 0  # 140 of 300 steps: not half yet
+    task.on_train_epoch_end()
+    assert int(task.label_source.clusters.refits) == 0  # 140 of 300 steps: not half yet
     trainer.current_epoch, trainer.global_step = 3, 160
-    task._recluster_if_due()
-    assert int(task.clusters.refits) == 1  # the first epoch end past step 150
+    task.on_train_epoch_end()
+    assert int(task.label_source.clusters.refits) == 1  # the first epoch end past step 150
 
 
 def test_match_clusters_keeps_the_most_images_on_their_code():
@@ -199,22 +197,25 @@ def test_code_loss_trains_d_on_real_clusters_and_g_on_its_codes():
     attach(task, FakeTrainer(images))
     task.on_fit_start()
     real = images.float() / 127.5 - 1
-    codes = task.clusters.assign(real)
+    codes = task.label_source.clusters.assign(real)
+    assert torch.equal(task.label_source.real(real, torch.zeros(12)), codes)  # real images carry their cluster, not the data's label
     task.discriminator.eval()  # spectral norm's power iteration stands still between the calls
-    logits, loss = task._discriminate(real, codes)
-    _, code_logits = task.discriminator.forward_with_code_logits(real, codes)
-    assert torch.allclose(loss, F.cross_entropy(code_logits, codes))
-    assert task._discriminate(real, codes, class_loss=False)[1] is None  # D's step on fakes: no code loss
+    logits, losses = task._discriminate(real, codes)
+    _, code_logits = task.discriminator.forward_with_class_logits(real, codes)
+    assert torch.allclose(losses["code"], F.cross_entropy(code_logits, codes))
     z = torch.randn(4, 8)
-    _, g_loss = task._discriminate(task.generator(z), task.generator.code(z))
-    g_loss.backward()
+    g_labels, fake_codes = task.label_source.fake(task.generator, z, torch.zeros(4))
+    assert g_labels is None and torch.equal(fake_codes, task.generator.code(z))  # G reads its code from the noise; D sees it
+    assert task._discriminate(task.generator(z).detach(), fake_codes, z)[1] == {}  # D's step on fakes: no code loss
+    _, losses = task._discriminate(task.generator(z), fake_codes, z, for_g=True)
+    losses["code"].backward()
     assert all(p.grad is not None for p in task.generator.parameters())
 
 
 def test_settings_are_config_errors():
-    g = dcgan.Generator(1, 28, latent_dim=8, width=4, code_classes=K)
-    q_d = dcgan.Discriminator(1, 28, width=4, code_classes=K)  # InfoGAN's Q head
-    with pytest.raises(ConfigError, match="model.latent_code=clusters but the discriminator's latent_code is infogan"):
+    g = latent_code.generator(1, 28, latent_dim=8, width=4, code_classes=K)
+    q_d = latent_code.discriminator(1, 28, width=4, code_classes=K)  # InfoGAN's Q head
+    with pytest.raises(ConfigError, match="model.latent_code=clusters with model.latent_code_classes=3 needs a generator with a 3-value code and a discriminator conditioned on 3 clusters"):
         GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="clusters")
     with pytest.raises(ConfigError, match="model.latent_code=labels is not a kind of latent code; use one of: infogan, clusters"):
         GANTask(g, q_d, adam, adam, latent_code_classes=K, latent_code="labels")
@@ -230,10 +231,11 @@ def test_config_ties_the_code_kind_to_the_discriminator():
     root.model.latent_code_classes, root.model.latent_code = 4, "clusters"
     bind_data(root.model, DataInfo(name="digits", channels=1, image_size=(28, 28), class_names=tuple("0123456789")))
     task = build(root.model, "model")
-    assert task.self_conditioned and task.discriminator.conditioned and task.clusters.pixel_centroids.shape == (4, 28 * 28)
-    assert task.clusters.encoder is None  # no reclustering asked for
+    assert isinstance(task.label_source, ClusterLabels) and isinstance(task.discriminator, cgan.Discriminator)
+    assert task.label_source.clusters.pixel_centroids.shape == (4, 28 * 28)
+    assert task.label_source.clusters.encoder is None  # no reclustering asked for
     root.model.recluster_at = [0.25]
-    assert build(root.model, "model").clusters.encoder is not None
+    assert build(root.model, "model").label_source.clusters.encoder is not None
 
 
 def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
@@ -250,10 +252,11 @@ def test_train_self_conditioned_on_mnist_fixture(segen, tmp_path, mnist_root):
     # The code prior follows the newest clusters' sizes.
     sizes = torch.tensor(json.loads(re.findall(r"sizes (\[[\d, ]+\])", result.stdout)[-1]))
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert bool(state["clusters.fitted"]) and state["clusters.pixel_centroids"].shape == (4, 28 * 28) and int(state["clusters.refits"]) == 1
-    g = dcgan.Generator(1, 28, latent_dim=100, width=8, code_classes=4, code_input="cbn")
+    clusters = "label_source.clusters."
+    assert bool(state[clusters + "fitted"]) and state[clusters + "pixel_centroids"].shape == (4, 28 * 28) and int(state[clusters + "refits"]) == 1
+    g = latent_code.generator(1, 28, latent_dim=100, width=8, code_classes=4, code_input="cbn")
     g.load_state_dict({k.removeprefix("generator."): v for k, v in state.items() if k.startswith("generator.")})
-    assert torch.allclose(g.code_prior().float(), sizes.float() / sizes.sum(), atol=1e-6)  # codes drawn as often as clusters hold images
+    assert torch.allclose(g.noise_code.prior().float(), sizes.float() / sizes.sum(), atol=1e-6)  # codes drawn as often as clusters hold images
     out = tmp_path / "samples"
     result = segen("sample", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=8", f"out={out}", f"hydra.run.dir={tmp_path / 'hydra'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -267,3 +270,9 @@ def test_more_clusters_than_training_images_is_a_one_line_error(segen, tmp_path)
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model.latent_code_classes=10 clusters need at least as many training images, but the training split has 7" in result.stderr
+
+
+def test_every_kind_of_latent_code_has_its_pieces_and_its_discriminator():
+    from segen.tasks.gan import LATENT_CODES
+
+    assert set(LATENT_CODES) == set(latent_code.DISCRIMINATORS) == {"infogan", "clusters"}

@@ -5,6 +5,8 @@ Generator conditioning (`conditioning=`):
   in place of the one-hot vector), and the DCGAN generator runs on the longer code.
 - "cbn": conditional BatchNorm, every BatchNorm's scale and shift are looked up per class
   (de Vries et al. 2017; as in SNGAN/BigGAN), so the label acts at every resolution.
+- "onehot": the label's one-hot vector joined to z (Mirza & Osindero 2014 as written; InfoGAN's
+  way of feeding its code, segen/models/latent_code.py).
 
 Discriminator conditioning (`conditioning=`; `norm=` "batch" or "spectral" as in dcgan.py):
 - "projection": logit = head(phi(x)) + <embed(y), sum-pooled phi(x)> (Miyato & Koyama 2018),
@@ -12,6 +14,9 @@ Discriminator conditioning (`conditioning=`; `norm=` "batch" or "spectral" as in
   class's embedding are also class logits (`class_logits`), which the task can train as a
   classifier: "dual projection" (Han et al. 2021), see `model.class_loss_weight`.
 - "concat": a label embedding, broadcast over the image, joined to the input channels.
+
+The labels need not be classes of the data: a self-conditioned dcgan trains these nets on the
+images' k-means clusters (segen/tasks/clusters.py), with the code read from the noise.
 
 `num_classes` comes from the data (configs/model/cgan.yaml has `???` for it).
 """
@@ -26,6 +31,18 @@ from torch import nn
 
 from segen.models import dcgan
 from segen.models.dcgan import ConditionalBatchNorm2d
+
+G_CONDITIONINGS = ("embed", "cbn", "onehot")
+
+
+def projection(features: torch.Tensor, embedding: nn.Embedding, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection discriminator's class term (Miyato & Koyama 2018): <embed(label), sum-pooled features>.
+
+    Returns (the term for each image's own label `(N,)`, the terms for every label `(N, K)`, which
+    are also class logits).
+    """
+    logits = features.sum(dim=(2, 3)) @ embedding.weight.t()
+    return logits.gather(1, labels[:, None]).squeeze(1), logits
 
 
 class Generator(nn.Module):
@@ -43,14 +60,16 @@ class Generator(nn.Module):
         embed_dim: int = 50,
     ):
         super().__init__()
-        if conditioning not in ("embed", "cbn"):
-            raise ValueError(f"generator conditioning must be 'embed' or 'cbn', got {conditioning!r}")
+        if conditioning not in G_CONDITIONINGS:
+            raise ValueError(f"generator conditioning must be one of {G_CONDITIONINGS}, got {conditioning!r}")
         self.channels, self.image_size, self.latent_dim = channels, image_size, latent_dim
         self.num_classes, self.conditioning = num_classes, conditioning
         if conditioning == "embed":
             self.embed = nn.Embedding(num_classes, embed_dim)
             nn.init.normal_(self.embed.weight, 0.0, 1.0)  # on the scale of z ~ N(0, 1)
             self.net = dcgan.Generator(channels, image_size, latent_dim + embed_dim, width, widths)
+        elif conditioning == "onehot":
+            self.net = dcgan.Generator(channels, image_size, latent_dim + num_classes, width, widths)
         else:
             norm = partial(ConditionalBatchNorm2d, num_classes=num_classes)
             self.net = dcgan.Generator(channels, image_size, latent_dim, width, widths, norm=norm)
@@ -58,6 +77,9 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.conditioning == "embed":
             return self.net(torch.cat([z, self.embed(labels)], dim=1))
+        if self.conditioning == "onehot":  # written with a comparison: it exports to ONNX as is
+            one_hot = labels[:, None] == torch.arange(self.num_classes, device=labels.device)
+            return self.net(torch.cat([z.flatten(1), one_hot.to(z.dtype)], dim=1))
         return self.net.run_layers(z, labels)
 
 
@@ -106,5 +128,10 @@ class Discriminator(nn.Module):
         if self.conditioning != "projection":
             raise ValueError("class logits need conditioning='projection'")
         h = self.net.features(x)
-        term, class_logits = dcgan.projection(h, self.embed, labels)
+        term, class_logits = projection(h, self.embed, labels)
         return self.net.head(h).flatten() + term, class_logits
+
+    @property
+    def features(self) -> nn.Module:
+        """The feature layers the projection reads (phi); what self-conditioning reclusters on."""
+        return self.net.features

@@ -12,6 +12,11 @@ mode, where a continuous noise alone has to blend modes (a 4 into a 9) somewhere
   the same code between refits. Each refit's clusters are matched to the previous ones by
   overlap (the Hungarian method), so code k keeps meaning what it meant for the generator.
 Everything is kept in the task's state_dict, so a resumed run continues with the same clusters.
+
+`ClusterLabels` makes the clusters a label source of the conditional GAN (segen/tasks/conditioning.py):
+real images carry their cluster, fakes the code G drew from its noise (segen/models/latent_code.py,
+drawn as often as its cluster holds training images), and D is cgan's projection discriminator
+with the dual-projection term on the clusters: the cgan recipe trained on cluster labels.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segen.console import note
+from segen.errors import ConfigError
+from segen.tasks.conditioning import AdversarialOnly, NoLabels, class_term
 from segen.tasks.kmeans import kmeans, nearest
 
 PIXELS, ENCODER = 0, 1  # the feature space the centroids live in
 BATCH = 512  # images per encoder pass while refitting
+MAX_CLUSTER_IMAGES = 20_000  # images that fit the clusters (a seeded subset beyond it)
 
 
 class ImageClusters(nn.Module):
@@ -108,3 +117,83 @@ def match_clusters(before: torch.Tensor, after: torch.Tensor, k: int) -> torch.T
     overlap.index_put_((before.cpu(), after.cpu()), torch.ones(len(before), dtype=torch.long), accumulate=True)
     rows, cols = linear_sum_assignment(overlap.numpy(), maximize=True)
     return torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
+
+
+class ClusterLabels(NoLabels):
+    """Self-conditioning's label source: clusters fitted on the training images' pixels when
+    training starts, refitted on D's features at each `recluster_at` fraction of the run."""
+
+    def __init__(self, k: int, image_shape: tuple[int, int, int], features: nn.Module, recluster_at: list[float]):
+        super().__init__()
+        self.recluster_at = recluster_at
+        self.clusters = ImageClusters(k, image_shape, encoder=features if recluster_at else None)
+
+    def real(self, images: torch.Tensor, batch_labels: torch.Tensor) -> torch.Tensor:
+        return self.clusters.assign(images)
+
+    def fake(self, generator: nn.Module, z: torch.Tensor, batch_labels: torch.Tensor):
+        return None, generator.code(z)  # G reads its code from the noise; D sees it
+
+    def on_fit_start(self, task) -> None:
+        if self.clusters.fitted:  # a resumed run has its clusters already
+            return
+        images = cluster_images(task)
+        if len(images) < self.clusters.k:
+            raise ConfigError(
+                f"model.latent_code_classes={self.clusters.k} clusters need at least as many training images, but the "
+                f"training split has {len(images)}; lower model.latent_code_classes or train on more images"
+            )
+        sizes = self._follow(task, self.clusters.fit(images, MAX_CLUSTER_IMAGES))
+        say(task, f"Self-conditioning: {self.clusters.k} k-means clusters of {int(sizes.sum())} training images (pixels), sizes {sizes.tolist()}")
+
+    def on_train_epoch_end(self, task) -> None:
+        """On every rank (they must keep the same clusters): refit on D's features at each
+        `recluster_at` fraction of the run, at the first epoch end past it; the run's length is
+        `trainer.max_epochs` or `trainer.max_steps`, whichever ends it first."""
+        done = int(self.clusters.refits)
+        if done >= len(self.recluster_at):
+            return
+        trainer, share = task.trainer, self.recluster_at[done]
+        by_epochs = trainer.max_epochs is not None and trainer.max_epochs > 0 and task.current_epoch + 1 >= round(share * trainer.max_epochs)
+        by_steps = trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= round(share * trainer.max_steps)
+        if not (by_epochs or by_steps):
+            return
+        sizes, changed = self.clusters.refit(task.discriminator.features, cluster_images(task), MAX_CLUSTER_IMAGES)
+        sizes = self._follow(task, sizes)
+        say(task, f"Self-conditioning: reclustered on D's features after epoch {task.current_epoch}: "
+                  f"{changed:.1%} of the images changed code, sizes {sizes.tolist()}")
+
+    def _follow(self, task, sizes: torch.Tensor) -> torch.Tensor:
+        """Every rank takes rank 0's clusters; G (and its average) draws each code as often as its
+        cluster holds training images. Returns the sizes (rank 0's)."""
+        state, sizes = task.trainer.strategy.broadcast((self.clusters.state_dict(), sizes.cpu()), src=0)
+        self.clusters.load_state_dict(state)
+        for net in {id(task.generator): task.generator, id(task.sampler): task.sampler}.values():
+            net.noise_code.set_prior(sizes.float() / sizes.sum())
+        return sizes
+
+
+def cluster_images(task) -> torch.Tensor:
+    """The training images as D sees them: in [-1, 1], at G's size, on the task's device."""
+    x = task.trainer.datamodule.split_images("train").to(task.device).float() / 127.5 - 1
+    size = task.generator.image_size
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def say(task, text: str) -> None:
+    if task.trainer.is_global_zero:
+        note(text)
+
+
+def self_conditioning(generator: nn.Module, discriminator: nn.Module, k: int, weight: float, recluster_at) -> tuple[ClusterLabels, AdversarialOnly]:
+    """The label source and term of self-conditioning on `k` clusters; ConfigError unless the nets fit it."""
+    if getattr(generator, "code_classes", None) != k or getattr(discriminator, "num_classes", None) != k:
+        raise ConfigError(
+            f"model.latent_code=clusters with model.latent_code_classes={k} needs a generator with a {k}-value code and a "
+            f"discriminator conditioned on {k} clusters (configs/model/dcgan.yaml ties them)"
+        )
+    term = class_term(discriminator, weight, "code", "code_loss_weight")
+    shape = (generator.channels, generator.image_size, generator.image_size)
+    return ClusterLabels(k, shape, discriminator.features, recluster_at), term

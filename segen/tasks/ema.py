@@ -2,38 +2,36 @@
 
 Averaged weights give smoother, usually better samples than the last step's (Yazici et al.
 2019; BigGAN, StyleGAN). `GeneratorEMA` is a mixin for a LightningModule that has
-`self.generator`: it keeps a frozen copy that trails it (saved in the state_dict) and says
-which of the two produces outputs (`sampler`).
+`self.generator`: it keeps `generator_ema`, a `torch.optim.swa_utils.AveragedModel` of it
+(weights and buffers, fp32 like the live weights; saved in the state_dict) and says which of
+the two produces outputs (`sampler`).
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from segen.errors import ConfigError
 
 
-@torch.no_grad()
-def update_ema(average: nn.Module, live: nn.Module, decay: float, updates: torch.Tensor) -> None:
-    """One step of an exponential moving average of `live`'s weights into `average`.
+def warm_ema(decay: float):
+    """`AveragedModel`'s `multi_avg_fn`: `get_ema_multi_avg_fn` at decay min(decay, (1 + n) / (10 + n))
+    for the n-th update, TensorFlow's ExponentialMovingAverage(num_updates=...) warm-up: early on,
+    the average follows fast instead of dragging the random initial weights along. Integer buffers
+    (BatchNorm's counters) are copied, not averaged."""
 
-    Warm-up as in TensorFlow's ExponentialMovingAverage(num_updates=...): early on, the
-    average follows fast instead of dragging the random initial weights along. `updates` is a
-    counter buffer of the task (saved in checkpoints, so a resumed run continues the warm-up).
-    """
-    updates += 1
-    n = float(updates)
-    decay = min(decay, (1 + n) / (10 + n))
-    for ema, weight in zip(average.parameters(), live.parameters(), strict=True):
-        ema.lerp_(weight, 1 - decay)
-    for ema, buffer in zip(average.buffers(), live.buffers(), strict=True):
-        if ema.is_floating_point():  # BatchNorm running statistics
-            ema.lerp_(buffer, 1 - decay)
-        else:  # counters
-            ema.copy_(buffer)
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], live: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # one call per dtype: counters
+            for a, b in zip(averaged, live, strict=True):
+                a.copy_(b)
+            return
+        n = float(n_averaged)  # the copy counts as one average: the n-th update sees n
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, live, n_averaged)
+
+    return update
 
 
 def check_ema_decay(decay: float | None) -> None:
@@ -51,15 +49,33 @@ class GeneratorEMA:
         check_ema_decay(decay)
         self.ema_decay = decay
         if decay is not None:
-            # A frozen copy whose weights trail the generator's; saved in the state_dict.
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            # A frozen copy whose weights trail the generator's, buffers too (BatchNorm statistics).
+            self.generator_ema = AveragedModel(self.generator, multi_avg_fn=warm_ema(decay), use_buffers=True)
+            self.generator_ema.requires_grad_(False).eval()
+            self.generator_ema.n_averaged.fill_(1)  # it starts as a copy: an average of one
+            self._register_load_state_dict_pre_hook(_ema_from_segen_0_1, with_module=True)
 
     def step_ema(self) -> None:
         if self.ema_decay is not None:
-            update_ema(self.generator_ema, self.generator, self.ema_decay, self.ema_updates)
+            self.generator_ema.update_parameters(self.generator)
+
+    @property
+    def ema_updates(self) -> int:
+        """How many updates the average has had."""
+        return int(self.generator_ema.n_averaged) - 1
 
     @property
     def sampler(self) -> nn.Module:
         """The generator used for outputs: the EMA copy when there is one."""
-        return self.generator_ema if self.ema_decay is not None else self.generator
+        return self.generator_ema.module if self.ema_decay is not None else self.generator
+
+
+def _ema_from_segen_0_1(module, state_dict, prefix, *args) -> None:
+    """segen 0.1.0 kept the average's weights at `generator_ema.*` and its update count in `ema_updates`."""
+    old = prefix + "ema_updates"
+    if old not in state_dict:
+        return
+    state_dict[prefix + "generator_ema.n_averaged"] = state_dict.pop(old) + 1
+    head = prefix + "generator_ema."
+    for key in [k for k in state_dict if k.startswith(head) and not k.startswith(head + "module.") and k != head + "n_averaged"]:
+        state_dict[head + "module." + key[len(head) :]] = state_dict.pop(key)
