@@ -12,8 +12,12 @@ install:  ## create .venv and install segen (editable) with torch/torchvision, e
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "import torch, torchvision; print('torch', torch.__version__, '| torchvision', torchvision.__version__)"
 
+# `make test` runs one pytest-xdist worker per core (at most 4: each holds torch and a CLI fork server);
+# a test file stays on one worker, so its module fixtures are built once.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))")
+
 test:  ## the whole suite (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:  ## everything but the tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -141,7 +141,7 @@ class SweepSummary(Callback):
         write_json(Path(record["run_dir"], RESULT_FILE), record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from segen.console import console
+        from segen.console import console, print_unwrapped
 
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
         records = sorted((json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{RESULT_FILE}")), key=lambda r: r["job"])
@@ -155,7 +155,7 @@ class SweepSummary(Callback):
             best = {"job": winner["job"], "overrides": winner["overrides"], "monitor": winner["monitor"],
                     "monitor_mode": winner.get("monitor_mode"), "value": value, "run_dir": winner["run_dir"]}
         write_json(path, {"sweep_dir": str(sweep_dir), "best": best, "jobs": records})
-        console.print(summary_table(records, f"sweep: {len(records)} jobs"))
+        print_unwrapped(summary_table(records, f"sweep: {len(records)} jobs"))  # a log keeps whole overrides
         if best is not None:
             console.print(f"[bold]Best job:[/] {best['job']} ({best['monitor_mode'] or 'max'} {best['value']:.4f}): {' '.join(best['overrides'])}", soft_wrap=True)
         elif len(metrics := ranked_metrics(records)) > 1:

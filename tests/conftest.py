@@ -20,6 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Under pytest-xdist (`make test` runs one worker per core), each worker's CLI runs get one
+# OpenMP thread: two workers on two cores, rather than four threads contending for them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Every test's dataset caches go to a folder of this session, never the user's ~/.cache/segen
 # (set before the CLI fork server copies the environment, so its runs use it too).
 os.environ["SEGEN_CACHE_DIR"] = _TEST_CACHE = __import__("tempfile").mkdtemp(prefix="segen-test-cache-")
@@ -100,12 +105,41 @@ HELPERS = Path(__file__).parent / "helpers"
 TINY_GAN = ("debug=smoke", "trainer.limit_train_batches=2", "model.generator.width=8", "model.discriminator.width=8")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test session, shared by every test that
+    only reads it. Under pytest-xdist the first worker to ask builds it (under a file lock) and
+    the others reuse it, so a tiny model is trained once per session, not once per worker."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    import shutil
+
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name  # the workers' common parent
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
+def trained(*overrides: str, run: str = "run"):
+    """A `built_once` builder: `segen train` with `overrides` into `<folder>/<run>`."""
+    def build(folder: Path) -> None:
+        result = run_segen("train", *overrides, f"hydra.run.dir={folder}/{run}", cwd=folder)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def tiny_cgan_ckpt(tmp_path_factory) -> Path:
     """One tiny cgan checkpoint shared by test_eval_gan and test_sample; tests only read it."""
-    root = tmp_path_factory.mktemp("tiny_cgan")
-    result = run_segen("train", "model=cgan", "data=shapes", *TINY_GAN, f"hydra.run.dir={root}/run", cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
+    root = built_once(tmp_path_factory, "tiny_cgan", trained("model=cgan", "data=shapes", *TINY_GAN))
     return root / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -115,10 +149,7 @@ def straight_tiny_cnn(tmp_path_factory) -> Path:
     test_resilience and test_last_checkpoint are compared with. Tests only read it."""
     from test_resilience import TINY
 
-    root = tmp_path_factory.mktemp("straight_tiny_cnn")
-    result = run_segen("train", *TINY, f"hydra.run.dir={root}/straight", cwd=root)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return root / "straight"
+    return built_once(tmp_path_factory, "straight_tiny_cnn", trained(*TINY, run="straight")) / "straight"
 
 
 def run_segen(*args: str, cwd: Path | None = None, timeout: int = 300, inject: bool = False) -> subprocess.CompletedProcess:
@@ -222,6 +253,17 @@ class _ForkServer:
 
 _SERVER: list[_ForkServer] = []
 RUNS = {"forked": 0, "subprocess": 0}
+
+
+def pytest_sessionfinish(session) -> None:
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: hand its counts to the controller
+        session.config.workeroutput["segen_runs"] = dict(RUNS)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and skipped) without it
+def pytest_testnodedown(node, error) -> None:  # pytest-xdist's controller, as each worker ends
+    for kind, count in getattr(node, "workeroutput", {}).get("segen_runs", {}).items():
+        RUNS[kind] += count
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

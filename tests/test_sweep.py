@@ -23,6 +23,7 @@ def test_two_job_sweep_writes_one_folder_per_job_and_a_summary(segen, tmp_path):
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert (sweep / job / ".hydra" / "overrides.yaml").is_file()
+    assert (sweep / "multirun.yaml").is_file()
     summary = json.loads((sweep / "summary.json").read_text())
     jobs = summary["jobs"]
     assert [j["job"] for j in jobs] == [0, 1]

@@ -111,15 +111,6 @@ def test_eval_rejects_unknown_data_key_and_contradicting_model(segen, tmp_path, 
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_multirun_sweep_runs_each_job_in_its_own_directory(segen, tmp_path):
-    sweep = tmp_path / "sweep"
-    result = segen("train", "-m", *SMOKE, "test=false", "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for job in ("0", "1"):
-        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
-    assert (sweep / "multirun.yaml").is_file()
-
-
 def test_default_run_directory_is_under_outputs(segen, tmp_path):
     result = segen("train", *SMOKE, "test=false", "trainer.max_steps=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
