@@ -82,6 +82,7 @@ class CodedGenerator(nn.Module):
         self.net, self.noise_code = net, code
         self.channels, self.image_size, self.latent_dim = net.channels, net.image_size, net.latent_dim + 1
         self.code_classes = code.classes
+        self.register_load_state_dict_pre_hook(_coded_generator_from_segen_0_1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.flatten(1)
@@ -91,16 +92,15 @@ class CodedGenerator(nn.Module):
         """The code `(N,)` long of noise `z` `(N, latent_dim)`."""
         return self.noise_code(z)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # segen 0.1.0 kept the code inside dcgan.Generator: `layers.*` and `code_bounds` (absent
-        # before the prior was saved: a uniform code, the default).
-        for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
-            state_dict[prefix + "net.net." + key[len(prefix) :]] = state_dict.pop(key)
-        if prefix + "code_bounds" in state_dict:
-            state_dict[prefix + "noise_code.bounds"] = state_dict.pop(prefix + "code_bounds")
-        elif prefix + "noise_code.bounds" not in state_dict and prefix + "net.net.layers.0.weight" in state_dict:
-            state_dict[prefix + "noise_code.bounds"] = self.noise_code.bounds.detach().clone()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+def _coded_generator_from_segen_0_1(module, state_dict, prefix, *args) -> None:
+    """segen 0.1.0 kept the code inside dcgan.Generator: `layers.*` and `code_bounds` (absent
+    before the prior was saved: a uniform code, the default)."""
+    for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+        state_dict[prefix + "net.net." + key[len(prefix) :]] = state_dict.pop(key)
+    if prefix + "code_bounds" in state_dict:
+        state_dict[prefix + "noise_code.bounds"] = state_dict.pop(prefix + "code_bounds")
+    elif prefix + "noise_code.bounds" not in state_dict and prefix + "net.net.layers.0.weight" in state_dict:
+        state_dict[prefix + "noise_code.bounds"] = module.noise_code.bounds.detach().clone()
 
 
 class QDiscriminator(dcgan.Discriminator):
@@ -140,11 +140,15 @@ class ClusterDiscriminator(cgan.Discriminator):
     """cgan's projection discriminator on the clusters; reads segen 0.1.0's layout, which kept its
     embedding as `code_embed` beside dcgan.Discriminator's `features` and `head`."""
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for old, new in (("features.", "net.features."), ("head.", "net.head."), ("code_embed.", "embed.")):
-            for key in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_load_state_dict_pre_hook(_cluster_discriminator_from_segen_0_1)
+
+
+def _cluster_discriminator_from_segen_0_1(module, state_dict, prefix, *args) -> None:
+    for old, new in (("features.", "net.features."), ("head.", "net.head."), ("code_embed.", "embed.")):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
 
 
 DISCRIMINATORS = {"infogan": q_discriminator, "clusters": cluster_discriminator}  # model.latent_code -> D with the code

@@ -53,7 +53,7 @@ class GeneratorEMA:
             self.generator_ema = AveragedModel(self.generator, multi_avg_fn=warm_ema(decay), use_buffers=True)
             self.generator_ema.requires_grad_(False).eval()
             self.generator_ema.n_averaged.fill_(1)  # it starts as a copy: an average of one
-            self._register_load_state_dict_pre_hook(_ema_from_segen_0_1, with_module=True)
+            self.register_load_state_dict_pre_hook(_ema_from_segen_0_1)
 
     def step_ema(self) -> None:
         if self.ema_decay is not None:

@@ -137,7 +137,7 @@ class GANTask(GeneratorEMA, Task):
         self.num_classes: int | None = getattr(generator, "num_classes", None)
         self.latent_dim: int = generator.latent_dim
         self.init_ema(ema_decay)
-        self._register_load_state_dict_pre_hook(_from_segen_0_1)
+        self.register_load_state_dict_pre_hook(_from_segen_0_1)
         # Fixed noise (and labels) for the per-epoch grid, the same every run: a row per class or code.
         rows = self.num_classes or self.code_classes or grid_rows
         fixed = torch.Generator().manual_seed(0)
@@ -291,7 +291,7 @@ class ConditionalGANTask(GANTask):
         super().__init__(generator, discriminator, *args, **kwargs)
 
 
-def _from_segen_0_1(state_dict, prefix, *args) -> None:
+def _from_segen_0_1(module, state_dict, prefix, *args) -> None:
     """segen 0.1.0 kept self-conditioning's clusters at `clusters.*` (now the label source's)."""
     for key in [k for k in state_dict if k.startswith(prefix + "clusters.")]:
         state_dict[prefix + "label_source." + key[len(prefix) :]] = state_dict.pop(key)
