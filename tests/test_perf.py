@@ -142,3 +142,33 @@ def test_threads_sleep_when_idle_unless_the_user_says_otherwise(monkeypatch):
     code = "import sys, segen.threads; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
+
+
+def test_profile_step_puts_each_op_of_a_step_in_its_family(monkeypatch):
+    """scripts/profile_step.py's op clock on a tiny conv net: forward and backward of the conv
+    and the BatchNorm, the optimizer's step, and autocast's casts only under bf16 autocast."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # what the script's import sets
+    spec = importlib.util.spec_from_file_location("segen_profile_step", ROOT / "scripts" / "profile_step.py")
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Upsample(scale_factor=2, mode="bilinear"))
+    opt = torch.optim.Adam(net.parameters())
+    x = torch.randn(2, 3, 8, 8)
+    seen = {}
+    for fast in (False, True):
+        clock = ps.OpClock()
+        handles = ps.track_modules(clock) + ps.track_optimizer(clock)
+        try:
+            with clock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+                net(x).float().square().mean().backward()
+                opt.step()
+        finally:
+            for h in handles:
+                h.remove()
+        seen[fast] = set(clock.seconds)
+    for fast, keys in seen.items():
+        for key in (("conv", "fwd"), ("conv", "bwd"), ("batch norm", "fwd"), ("batch/instance norm", "bwd"),
+                    ("upsampling", "fwd"), ("upsampling", "bwd"), ("optimizer step", "step")):
+            assert key in keys, (fast, key, sorted(keys))
+        assert (("autocast casts", "fwd") in keys) is fast, sorted(keys)
