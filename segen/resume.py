@@ -110,6 +110,34 @@ def resumed_config(cfg, ckpt: dict, task_overrides: list[str], groups: set[str])
             with open_dict(stored):
                 OmegaConf.update(stored, key, new, force_add=True)
             changes.append(f"{key}={new} (was {old})")
+    stored = _paths_of_this_run(stored, cfg)
     with open_dict(stored):
         stored.ckpt, stored.resume = cfg.get("ckpt"), cfg.get("resume")
     return stored, choices, changes
+
+
+def _paths_of_this_run(stored, cfg):
+    """`paths` say where this run reads and writes, not how it trains: they come from this
+    command (a run directory copied or moved elsewhere resumes where it now is, never into the
+    folder it was copied from), and every stored value derived from the old run directory
+    (checkpoint and logger folders, the trainer's root) follows it."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(cfg, "paths") is None:
+        return stored
+    old_dir = OmegaConf.select(stored, "paths.output_dir", default=None)
+    paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    new_dir = paths.get("output_dir")
+    tree = OmegaConf.to_container(stored, resolve=False)
+    tree["paths"] = paths
+
+    def moved(value):
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and old_dir and new_dir and (value == old_dir or value.startswith(f"{old_dir}/")):
+            return new_dir + value[len(old_dir):]
+        return value
+
+    return OmegaConf.create(moved(tree) if old_dir != new_dir else tree)

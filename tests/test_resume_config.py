@@ -4,6 +4,7 @@ itself changes is applied on top and listed in the resume line."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 from test_resilience import TINY
 
 from segen.config import config_dir
+from segen.io import file_sha256
 
 
 def stored_config(ckpt: Path):
@@ -33,12 +35,20 @@ def test_resume_keeps_the_stored_config_when_a_recipe_changed(segen, tmp_path):
     before = stored_config(run / "checkpoints" / "last.ckpt")
     assert before.model.label_smoothing == 0.15
 
-    # ...and resumes after the recipe went back to 0.0, with one more epoch asked for.
+    # ...and resumes after the recipe went back to 0.0, with one more epoch asked for, from a
+    # copy of the run folder: the copy continues, the original is left byte for byte as it was.
+    original, run = run, tmp_path / "copy"
+    shutil.copytree(original, run)
+    untouched = {p: file_sha256(p) for p in original.rglob("*") if p.is_file()}
     resumed = segen("train", f"resume={run}", "trainer.max_epochs=2", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {p: file_sha256(p) for p in original.rglob("*") if p.is_file()} == untouched
     after = stored_config(run / "checkpoints" / "last.ckpt")
+    assert after.paths.output_dir == str(run) and after.callbacks.last_checkpoint.dirpath == f"{run}/checkpoints"
+    assert {row.split(",")[0] for row in (run / "metrics.csv").read_text().splitlines()[1:]} == {"0", "1"}
     assert after.model.label_smoothing == 0.15  # the run's own value, not today's recipe
     assert after.trainer.max_epochs == 2 and after.model == before.model
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
     text = " ".join(resumed.stdout.split())
     assert "with the checkpoint's config, changed by: trainer.max_epochs=2 (was 1)" in text
+
