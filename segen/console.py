@@ -80,7 +80,8 @@ def drop_lightning_lines(*texts: str) -> None:
 # the count of modules in eval mode at the start of training, which are segen's frozen copies
 # by design (the EMA generator, the clusters' encoder, a judge's feature network).
 NOISE = ("GPU available: False", "TPU available: False", "HPU available: False",
-         "have no `validation_step`", "module(s) in eval mode at the start of training")
+         "have no `validation_step`", "module(s) in eval mode at the start of training",
+         "The dirpath has changed from")  # a copied run folder resuming where it now is (segen/resume.py)
 
 
 def config_tree(cfg, order: tuple[str, ...] = ("data", "model", "trainer", "callbacks", "logger", "paths")) -> Tree:

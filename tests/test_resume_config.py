@@ -52,3 +52,14 @@ def test_resume_keeps_the_stored_config_when_a_recipe_changed(segen, tmp_path):
     text = " ".join(resumed.stdout.split())
     assert "with the checkpoint's config, changed by: trainer.max_epochs=2 (was 1)" in text
 
+
+
+def test_a_resume_that_would_stretch_the_lr_schedule_is_one_line_and_keeps_the_checkpoint(segen, tmp_path, straight_tiny_cnn):
+    run = tmp_path / "copy"
+    shutil.copytree(straight_tiny_cnn, run)  # two epochs of 10 steps: its OneCycleLR ends at step 20
+    before = file_sha256(run / "checkpoints" / "last.ckpt")
+    longer = segen("train", f"resume={run}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert longer.returncode == 2
+    line = longer.stderr.strip()
+    assert "\n" not in line and "LR schedule (OneCycleLR) was built for 20 steps and cannot stretch to 30" in line, longer.stderr[-2000:]
+    assert file_sha256(run / "checkpoints" / "last.ckpt") == before

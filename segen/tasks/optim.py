@@ -32,3 +32,19 @@ def build_optimizers(params, optimizer: Callable, scheduler: Callable | None, to
     length = {k: total_steps for k in ("total_steps", "T_max", "total_iters") if k in accepted and k not in given}
     sched: torch.optim.lr_scheduler.LRScheduler = scheduler(optimizer=opt, **length)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_resumed_schedule(config: dict, stored: list[dict] | None) -> None:
+    """A resumed run whose schedule would be longer than the stored one fails in one line:
+    Lightning restores the stored schedule (its length included), which would stop with
+    PyTorch's "Tried to step N times" once the old length is passed."""
+    sched = (config.get("lr_scheduler") or {}).get("scheduler")
+    if sched is None or not stored:
+        return
+    for key in ("total_steps", "T_max", "total_iters"):
+        new, old = getattr(sched, key, None), stored[0].get(key)
+        if new is not None and old is not None and new > old:
+            raise ConfigError(
+                f"this run's LR schedule ({type(sched).__name__}) was built for {old} steps and cannot stretch to {new} on resume; "
+                "resume with the run's own trainer.max_epochs / trainer.max_steps, or start a new run"
+            )

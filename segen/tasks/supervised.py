@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from segen.tasks.base import Evaluation, Task
-from segen.tasks.optim import build_optimizers
+from segen.tasks.optim import build_optimizers, check_resumed_schedule
 
 
 class SupervisedTask(Task):
@@ -31,7 +31,15 @@ class SupervisedTask(Task):
         return self.net(images)
 
     def configure_optimizers(self):
-        return build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
+        config = build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
+        check_resumed_schedule(config, getattr(self, "_resumed_schedules", None))
+        return config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Lightning calls this before `configure_optimizers` when a run resumes: keep the stored
+        schedule's state, whose length the new schedule is checked against."""
+        super().on_load_checkpoint(checkpoint)
+        self._resumed_schedules = checkpoint.get("lr_schedulers")
 
     def evaluate(self, cfg: DictConfig, datamodule, model: str, data: str) -> Evaluation:
         from segen.evaluation.supervised import evaluate_supervised
