@@ -11,16 +11,23 @@ from omegaconf import DictConfig
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from segen.models.whitening import drop_frozen_bias_grads, fit_whitening
 from segen.outputs.labels import check_request, write_predictions
 from segen.perf import logging_this_step
 from segen.tasks.supervised import SupervisedTask
+from segen.tasks.tta import check_tta, tta_logits
+
+WHITENING_IMAGES = 5000  # airbench fits its whitening layer on the first 5,000 training images
 
 
 class ClassificationTask(SupervisedTask):
     """Trains any `nn.Module` that maps images to class logits; exposes `num_classes`.
 
     Logs `train/loss`, `val/loss`, `val/acc`, `test/loss`, `test/acc` and per-class test
-    accuracy as `test/acc/<class name>`.
+    accuracy as `test/acc/<class name>`. `tta` (none | mirror | mirror_translate,
+    segen/tasks/tta.py) is the test-time augmentation of the test pass (validation uses none).
+    A net with patch-whitening layers (segen/models/whitening.py) has them fitted on the
+    training split when training starts, unless they came fitted from a checkpoint.
     """
 
     needs = frozenset({"labels"})
@@ -34,13 +41,26 @@ class ClassificationTask(SupervisedTask):
         label_smoothing: float = 0.0,
         monitor: str = "val/acc",
         monitor_mode: str = "max",
+        tta: str = "none",
     ):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         self.label_smoothing = label_smoothing
+        self.tta = check_tta(tta)
         n = net.num_classes
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_class_acc = MulticlassAccuracy(num_classes=n, average=None)
+
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+
+        def training_images() -> torch.Tensor:
+            return dm.normalize(dm.split_images("train")[:WHITENING_IMAGES])
+
+        fit_whitening(self.net, training_images)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        drop_frozen_bias_grads(self.net, self.current_epoch)
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -58,7 +78,7 @@ class ClassificationTask(SupervisedTask):
 
     def test_step(self, batch, batch_idx):
         images, labels = batch
-        logits = self(images)
+        logits = tta_logits(self, images, self.tta)
         self.test_acc.update(logits, labels)
         self.test_class_acc.update(logits, labels)
         self.log("test/loss", F.cross_entropy(logits, labels), sync_dist=True)
@@ -73,6 +93,17 @@ class ClassificationTask(SupervisedTask):
     @staticmethod
     def output_class_names(info) -> tuple[str, ...]:
         return info.class_names
+
+    def evaluate(self, cfg: DictConfig, datamodule, model: str, data: str):
+        """`segen eval`: scored with `eval.tta` when given, else with the checkpoint's `model.tta`."""
+        requested = (cfg.get("eval") or {}).get("tta")
+        if requested is not None:
+            self.tta = check_tta(requested)
+        result = super().evaluate(cfg, datamodule, model, data)
+        result.report["tta"] = self.tta
+        if self.tta != "none":
+            result.notes.append(f"[bold]Test-time augmentation:[/] {self.tta}")
+        return result
 
     def image_classifier(self):
         return self.net

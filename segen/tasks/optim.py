@@ -13,13 +13,15 @@ from segen.errors import ConfigError
 MIN_SCHEDULE_STEPS = 20
 
 
-def build_optimizers(params, optimizer: Callable, scheduler: Callable | None, total_steps: int) -> dict:
+def build_optimizers(params, optimizer: Callable, scheduler: Callable | None, total_steps: int, module=None) -> dict:
     """Return Lightning's `configure_optimizers` dict.
 
-    Schedulers that need the run length get it here, by keyword: `total_steps` (OneCycleLR),
+    An optimizer factory that takes `module` instead of `params` (segen/tasks/decoupled_sgd.py,
+    which puts BatchNorm parameters in a group of their own) is given the whole module. Schedulers that need the run length get it here, by keyword: `total_steps` (OneCycleLR),
     `T_max` (CosineAnnealingLR) or `total_iters` (PolynomialLR, LinearLR). They step per batch.
     """
-    opt = optimizer(params=params)
+    takes_module = module is not None and "module" in inspect.signature(getattr(optimizer, "func", optimizer)).parameters
+    opt = optimizer(module=module) if takes_module else optimizer(params=params)
     if scheduler is None:
         return {"optimizer": opt}
     if not math.isfinite(total_steps):

@@ -31,7 +31,7 @@ class SupervisedTask(Task):
         return self.net(images)
 
     def configure_optimizers(self):
-        config = build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches)
+        config = build_optimizers(self.parameters(), self.optimizer, self.scheduler, self.trainer.estimated_stepping_batches, module=self)
         check_resumed_schedule(config, getattr(self, "_resumed_schedules", None))
         return config
 
