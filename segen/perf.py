@@ -92,6 +92,10 @@ def choose_fast_path(accelerator: str, precision: str | None, channels_last: boo
     else:
         native, lacking = None, f"no bf16 default for accelerator={accelerator}"
     auto_precision, auto_layout = precision in (None, "auto"), channels_last in (None, "auto")
+    # Lightning runs fp16 autocast as bf16 on a CPU: name what really runs (header and checkpoint).
+    cpu_fp16 = accelerator == "cpu" and str(precision) in ("16-mixed", "16")
+    if cpu_fp16:
+        precision = "bf16-mixed"
     if auto_precision:
         precision = "bf16-mixed" if native else "32-true"
     if auto_layout:
@@ -104,6 +108,8 @@ def choose_fast_path(accelerator: str, precision: str | None, channels_last: boo
         reason = lacking
     if not auto_precision and auto_layout:
         reason = f"trainer.precision={precision} as configured; {reason}"
+    if cpu_fp16:
+        reason = f"trainer.precision=16-mixed runs as bf16-mixed on a CPU (no fp16 autocast there); {reason}"
     return FastPath(str(precision), bool(channels_last), bool(compile), reason)
 
 

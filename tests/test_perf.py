@@ -4,6 +4,7 @@ benchmark's dataset writers. Runs are CPU smoke runs; nothing here asserts a tim
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -77,17 +78,29 @@ def test_matmul_precision_is_set_and_checked():
     [
         ("trainer.precision=bf16-mixed", "perf.channels_last=true", "trainer.benchmark=true", "perf.float32_matmul_precision=high"),
         ("trainer.precision=bf16-mixed", "model=unet", "perf.channels_last=true"),
-        ("trainer.precision=16-mixed",),
+        ("trainer.precision=16-mixed", "perf.channels_last=false"),
     ],
     ids=["cnn-bf16-channels_last-benchmark-matmul", "unet-bf16-channels_last", "cnn-fp16"],
 )
 def test_knobs_train_on_cpu(segen, tmp_path, overrides):
     run = tmp_path / "run"
     net = TINY_NETS["unet" if "model=unet" in overrides else "cnn"]
-    result = segen("train", *SMOKE, *overrides, *net, f"hydra.run.dir={run}", cwd=tmp_path)
+    probe = ("+callbacks.probe._target_=fast_path_probe.FastPathProbe", f"+callbacks.probe.path={run / 'probe.json'}")
+    result = segen("train", *SMOKE, *overrides, *net, *probe, f"hydra.run.dir={run}", cwd=tmp_path, inject=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert "train/loss" in (run / "metrics.csv").read_text()
+    # The knobs took effect inside the step, not only in the config (tests/helpers/fast_path_probe.py).
+    seen = json.loads((run / "probe.json").read_text())
+    # fp16 autocast does not exist on a CPU: 16-mixed runs as bf16, and the header says so.
+    dtype = "torch.bfloat16"
+    assert seen["precision"] == "bf16-mixed" and set(seen["outputs"].values()) == {dtype}
+    if "trainer.precision=16-mixed" in overrides:
+        assert "trainer.precision=16-mixed runs as bf16-mixed on a CPU" in result.stdout
+    assert all(enabled and autocast == dtype for enabled, autocast in seen["autocast"].values())
+    assert seen["weight_dtypes"] == ["torch.float32"]  # mixed precision: the weights stay fp32
+    layouts = set(seen["channels_last"].values())
+    assert layouts == ({True} if "perf.channels_last=true" in overrides else {False})
 
 
 # torch.compile on CPU (trainer=gpu trainer.accelerator=cpu, every model kind): test_fast_path.py
