@@ -139,6 +139,40 @@ def test_the_recipes_translate_moves_by_up_to_2_px_and_flips_only_when_asked(hfl
     assert moved > 50  # 24 of the 25 offsets move the image
 
 
+def test_alternating_flips_show_each_image_the_other_way_each_epoch_and_keep_the_split_unflipped(cifar10_root):
+    epoch = {"now": 0}
+    dm = CIFAR10DataModule(str(cifar10_root), download=False, verify_checksums=False, val_split=10, hflip="alternate", crop_padding=0)
+    dm.setup("fit")
+    split = dm.splits["train"]
+    split.epoch = lambda: epoch["now"]  # the trainer's epoch, by hand
+    indices = list(range(len(split)))
+    originals = split.images.clone()
+    seen = []
+    for now in range(3):
+        epoch["now"] = now
+        images, labels = split.__getitems__(indices)
+        assert torch.equal(labels, split.targets)
+        flipped = torch.tensor([torch.equal(a, b.flip(-1)) and not torch.equal(a, b) for a, b in zip(images, originals, strict=True)])
+        assert all(torch.equal(a, b) or f for a, b, f in zip(images, originals, flipped, strict=True))
+        seen.append(flipped)
+    assert 0.3 < seen[0].float().mean() < 0.7
+    assert torch.equal(seen[1], ~seen[0]) and torch.equal(seen[2], seen[0])
+    assert torch.equal(split.images, originals) and torch.equal(dm.split_images("train"), originals)
+    # The batch path adds no random flip on top: the device-side augment leaves the images as gathered.
+    dm.trainer = SimpleNamespace(training=True, current_epoch=1)
+    images, labels = split.__getitems__(indices[:32])
+    out = dm.on_after_batch_transfer((images, labels), 0)[0]
+    assert torch.equal(out, dm.normalize(images))
+
+
+def test_alternate_flips_are_refused_where_the_split_is_not_in_memory():
+    from segen.data.camvid import CamVidDataModule
+    from segen.errors import DataError
+
+    with pytest.raises(DataError, match="hflip=alternate"):
+        CamVidDataModule("/nonexistent", hflip="alternate")
+
+
 def airbench_sgd(net: nn.Module, batch_size: int) -> torch.optim.SGD:
     """airbench94's optimizer as its train() builds it (for a loss summed over the batch)."""
     momentum, lr, wd, bias_scaler = 0.85, 11.5, 0.0153, 64.0
@@ -234,7 +268,7 @@ def test_cnn_cifar10_composes_airbenchs_settings_and_resnet9_stays_a_named_recip
     assert model.optimizer._target_ == "segen.tasks.decoupled_sgd.decoupled_sgd" and model.optimizer.momentum == 0.85
     assert model.optimizer.batch_size == cfg.data.batch_size == 1024
     assert model.scheduler._target_ == "segen.tasks.triangle_lr.TriangleLR"
-    assert (model.label_smoothing, model.tta, cfg.data.crop_padding, cfg.data.hflip) == (0.2, "mirror_translate", 2, True)
+    assert (model.label_smoothing, model.tta, cfg.data.crop_padding, cfg.data.hflip) == (0.2, "mirror_translate", 2, "alternate")
     assert cfg.callbacks.lookahead._target_ == "segen.lookahead.Lookahead"
     old = compose_train("recipe=cnn_cifar10_resnet9")
     assert (old.model.net.stage, old.model.net.whiten, old.trainer.max_epochs) == ("resnet", False, 24)

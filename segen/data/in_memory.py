@@ -195,7 +195,9 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         self.mean = tuple(mean) if mean is not None else (0.5,) * self.channels
         self.std = tuple(std) if std is not None else (0.5,) * self.channels
         self.crop_padding = crop_padding
-        self.hflip = hflip
+        if hflip not in (True, False, "alternate"):
+            raise DataError(f"data.hflip={hflip} must be true, false or alternate (segen/data/alternating_flips.py)")
+        self.hflip = hflip  # true: a random half of each batch; alternate: each image the other way each epoch
         self.affine = affine_settings(affine)  # random shifts/rotations/scales/shears: segen/data/augment.py
         self.splits: dict[str, TensorImageDataset] = {}
         self.eval_split = "test"  # which split test_dataloader serves; `segen eval split=` sets it
@@ -289,8 +291,16 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         train = self.load_split(train=True)
         train_idx, val_idx = carve_validation(len(train["images"]), self.val_split, self.split_seed)
         self.splits["train"] = self._tensor_dataset(train, train_idx)
+        if self.hflip == "alternate":
+            from segen.data.alternating_flips import AlternatingFlips
+
+            split = self.splits["train"]
+            self.splits["train"] = AlternatingFlips(split.images, split.targets, self._current_epoch, seed=self.split_seed)
         self.splits["val"] = self._tensor_dataset(train, val_idx)
         self.splits["test"] = self._tensor_dataset(self.load_split(train=False))
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.splits[split]
@@ -369,7 +379,7 @@ class InMemoryImageDataModule(pl.LightningDataModule):
         if self.crop_padding:
             out = random_crop(images, self.crop_padding, masks)
             images, masks = out if masks is not None else (out, None)
-        if self.hflip:
+        if self.hflip is True:  # "alternate" flipped the batch as it was gathered
             out = random_hflip(images, masks)
             images, masks = out if masks is not None else (out, None)
         if self.affine:

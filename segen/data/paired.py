@@ -196,6 +196,8 @@ class PairedSegmentationDataModule(InMemoryImageDataModule):
         kwargs.setdefault("mean", (0.485, 0.456, 0.406))  # ImageNet statistics, as is customary
         kwargs.setdefault("std", (0.229, 0.224, 0.225))
         super().__init__(**kwargs)
+        if self.hflip == "alternate":  # needs the in-memory split's fixed image order (segen/data/alternating_flips.py)
+            raise DataError(f"data.hflip=alternate is for the in-memory image datasets (mnist, cifar10, folder); data={self.name} takes true or false")
         self.target = "masks"
         self.data_dir = Path(data_dir)
         self.max_images = max_images
