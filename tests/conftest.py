@@ -144,6 +144,13 @@ def tiny_cgan_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_cnn_run(tmp_path_factory) -> Path:
+    """`segen train debug=smoke trainer=cpu` (the default cnn on shapes), trained once per session:
+    the run folder every test that only reads a plain classifier run or checkpoint shares."""
+    return built_once(tmp_path_factory, "smoke_cnn", trained("debug=smoke", "trainer=cpu")) / "run"
+
+
+@pytest.fixture(scope="session")
 def straight_tiny_cnn(tmp_path_factory) -> Path:
     """test_resilience's TINY cnn run, uninterrupted: what the runs killed and resumed in
     test_resilience and test_last_checkpoint are compared with. Tests only read it."""

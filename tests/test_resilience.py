@@ -214,12 +214,10 @@ def test_unwritable_run_directory_is_a_one_line_error(segen, tmp_path):
     assert blocker.read_text() == "x"
 
 
-def test_resume_refuses_a_checkpoint_of_another_model(segen, tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_model(segen, tmp_path, smoke_cnn_run):
     # A cnn checkpoint whose stored model name is changed: the check compares names, so this
     # stands in for any other kind of checkpoint.
-    run = tmp_path / "run"
-    assert segen("train", "debug=smoke", "test=false", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(smoke_cnn_run / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["segen"]["choices"]["model"] = "dcgan"
     other = tmp_path / "other.ckpt"
     torch.save(ckpt, other)

@@ -19,12 +19,10 @@ def trained(segen, tmp_path: Path, *overrides: str) -> Path:
     return run
 
 
-@pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory) -> Path:
-    """`segen train debug=smoke trainer=cpu`, read (never changed) by the two tests that need it."""
-    from conftest import run_segen
-
-    return trained(run_segen, tmp_path_factory.mktemp("shapes_run"))
+@pytest.fixture
+def shapes_run(smoke_cnn_run) -> Path:
+    """`segen train debug=smoke trainer=cpu` (conftest's session run), read, never changed."""
+    return smoke_cnn_run
 
 
 def test_train_shapes_writes_checkpoints_logs_and_config(shapes_run):
