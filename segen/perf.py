@@ -151,22 +151,68 @@ def networks(task: nn.Module) -> list[nn.Module]:
 
 
 class PerformanceKnobs(pl.Callback):
-    """Apply `channels_last`, `compile` and `float32_matmul_precision` before the first step."""
+    """Apply `channels_last`, `compile` and `float32_matmul_precision` before the first step, and
+    keep the CPU thread count at `perf.threads` (null: this run's share of the cores, re-counted
+    every few seconds as other segen runs start and end; segen/threads.py)."""
 
-    def __init__(self, channels_last: bool | None = False, compile: bool = False, float32_matmul_precision: str | None = None):
+    RECOUNT_S = 2.0  # how often the share is re-counted (a directory listing: microseconds)
+
+    def __init__(self, channels_last: bool | None = False, compile: bool = False, float32_matmul_precision: str | None = None,
+                 threads: int | None = None):
         from segen.errors import ConfigError
 
         if float32_matmul_precision not in (None, *MATMUL_PRECISIONS):
             raise ConfigError(f"perf.float32_matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)} or null, got {float32_matmul_precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"perf.threads must be a positive whole number or null (share the cores with other segen runs), got {threads!r}")
         self.channels_last = bool(channels_last)  # null ("auto") is resolved by apply_fast_path; unresolved: off
         self.compile = compile
         self.float32_matmul_precision = float32_matmul_precision
+        self.threads = threads
+        self._share = None
+        self._next_count = 0.0
         self._applied = False
+
+    def _share_cores(self) -> None:
+        """Set torch's thread count to this run's share of the cores, if it changed."""
+        if self._share is None or time.monotonic() < self._next_count:
+            return
+        self._next_count = time.monotonic() + self.RECOUNT_S
+        wanted = self._share.threads()
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
+
+    def _start_sharing(self, trainer: pl.Trainer) -> None:
+        from segen.console import note
+        from segen.threads import CoreShare
+
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+            return
+        # A count the user gave OpenMP wins; a GPU run's CPU threads only feed it.
+        if "OMP_NUM_THREADS" in os.environ or not isinstance(trainer.accelerator, pl.accelerators.CPUAccelerator):
+            return
+        self._share = CoreShare()
+        self._share_cores()
+        runs, threads = self._share.runs(), torch.get_num_threads()
+        if runs > 1:
+            note(f"Threads: {threads} of {self._share.cores} cores ({runs} segen runs share this machine; "
+                 "more as they end; perf.threads=N to fix it)")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._share_cores()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._share_cores()
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._share_cores()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._applied:  # fit then test on the same task: convert and compile once
             return
         self._applied = True
+        self._start_sharing(trainer)
         if self.float32_matmul_precision:
             torch.set_float32_matmul_precision(self.float32_matmul_precision)
         if self.channels_last:
