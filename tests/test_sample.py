@@ -191,3 +191,14 @@ def test_unet_grid_says_what_its_third_column_is(tmp_path, capsys, with_input):
     else:
         assert "grid.png: image | prediction | truth" in line, line
         assert not np.array_equal(third, overlay)
+
+
+def test_photos_read_for_input_are_writable_arrays(tmp_path):
+    """`segen sample input=` turned PIL's read-only buffer into a tensor, and torch warned that
+    writing to it is undefined behaviour; `read_image` hands out an array of its own."""
+    from segen.data.files import read_image
+
+    Image.fromarray(np.full((5, 7, 3), 9, np.uint8)).save(tmp_path / "p.png")
+    array = read_image(tmp_path / "p.png")
+    assert array.shape == (3, 5, 7) and array.flags.writeable and int(array[0, 0, 0]) == 9
+    assert read_image(tmp_path / "p.png", channels=1).flags.writeable

@@ -76,7 +76,7 @@ def read_image(path: Path, channels: int = 3, size: Sequence[int] | None = None,
                 im = im.resize((w, h), Image.BILINEAR)
             else:
                 im = ImageOps.fit(im, (w, h), method=Image.BILINEAR, centering=(0.5, 0.5))
-        array = np.asarray(im, dtype=np.uint8)
+        array = np.array(im, dtype=np.uint8)  # a copy torch.from_numpy can own (asarray is read-only)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
