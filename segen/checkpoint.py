@@ -40,6 +40,10 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a segen checkpoint on CPU with `weights_only=True`; every failure is one line."""
     path = Path(path).expanduser()
     if not path.is_file():
+        if path.name == "best.ckpt" and (path.parent / "last.ckpt").is_file():
+            # Runs that monitor nothing (model.monitor: null, e.g. recipe cnn_cifar10, generators
+            # whose best is their last) keep only last.ckpt.
+            raise CheckpointError(f"checkpoint {path} does not exist: this run keeps only the last one; pass ckpt={path.parent / 'last.ckpt'}")
         raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt=<run dir>/checkpoints/best.ckpt or last.ckpt")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (an interrupted save?); use another checkpoint of the run")

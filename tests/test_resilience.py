@@ -238,3 +238,12 @@ def test_incompatible_model_and_data_fail_before_any_work(segen, tmp_path, model
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_missing_best_ckpt_beside_a_last_ckpt_names_the_last(tmp_path):
+    """Runs that monitor nothing keep only last.ckpt: asking for best.ckpt names the file to pass."""
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=f"this run keeps only the last one; pass ckpt={tmp_path / 'last.ckpt'}$"):
+        load_checkpoint(tmp_path / "best.ckpt")
+    with pytest.raises(CheckpointError, match="pass ckpt=<run dir>/checkpoints/best.ckpt or last.ckpt"):
+        load_checkpoint(tmp_path / "other.ckpt")
