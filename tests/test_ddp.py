@@ -43,6 +43,8 @@ def test_ddp_cpu_trains_into_one_run_directory(segen, tmp_path, model):
     assert result.stdout.count("Run directory:") == 1
     assert result.stdout.count("config (chosen groups") == 1
     assert result.stdout.count("Test metric") == 1
+    # Epoch values read from a synced metric's compute() are logged as synced (Task.log_reduced).
+    assert "It is recommended to use `self.log(" not in out
 
 
 # -- sharding: each rank a distinct part of every epoch --------------------------------------

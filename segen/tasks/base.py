@@ -46,6 +46,12 @@ class Task(pl.LightningModule):
     generates: ClassVar[bool] = False
     segments: ClassVar[bool] = False
 
+    def log_reduced(self, values: dict, **kwargs) -> None:
+        """Log epoch values read from a torchmetrics `compute()`, which already reduced them over
+        the ranks: identical on each, so syncing by max changes no bit, and Lightning does not
+        warn under DDP that they were logged unsynced."""
+        self.log_dict(values, sync_dist=True, reduce_fx="max", **kwargs)
+
     # -- before any work: data compatibility and the data's form -------------------------------------
     @classmethod
     def check_data(cls, info: DataInfo, model: str, data: str) -> None:

@@ -87,7 +87,7 @@ class ClassificationTask(SupervisedTask):
     def on_test_epoch_end(self):
         per_class = self.test_class_acc.compute()
         names = self.class_names()
-        self.log_dict({f"test/acc/{names[i]}": acc for i, acc in enumerate(per_class)})
+        self.log_reduced({f"test/acc/{names[i]}": acc for i, acc in enumerate(per_class)})
         self.test_class_acc.reset()
 
     @staticmethod

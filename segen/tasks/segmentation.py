@@ -125,16 +125,15 @@ class SegmentationTask(SupervisedTask):
     def on_validation_epoch_end(self):
         scores = iou_from_confmat(self.val_confmat.compute())
         self.val_confmat.reset()
-        self.log("val/miou", scores["miou"].float(), prog_bar=True)
-        self.log("val/pixel_acc", scores["pixel_acc"].float())
+        self.log_reduced({"val/miou": scores["miou"].float()}, prog_bar=True)
+        self.log_reduced({"val/pixel_acc": scores["pixel_acc"].float()})
 
     def on_test_epoch_end(self):
         scores = iou_from_confmat(self.test_confmat.compute())
         self.test_confmat.reset()
         names = self.class_names()
-        self.log("test/miou", scores["miou"].float())
-        self.log("test/pixel_acc", scores["pixel_acc"].float())
-        self.log_dict({f"test/iou/{names[i]}": v.float() for i, v in enumerate(scores["iou"])})
+        self.log_reduced({"test/miou": scores["miou"].float(), "test/pixel_acc": scores["pixel_acc"].float()})
+        self.log_reduced({f"test/iou/{names[i]}": v.float() for i, v in enumerate(scores["iou"])})
 
     @torch.no_grad()
     def predict_masks(self, images: torch.Tensor, datamodule, batch_size: int = 32) -> torch.Tensor:
