@@ -72,6 +72,7 @@ def test_cgan_eval_with_classifier_features_reports_scores_and_the_protocol(cgan
     assert {f"class_consistency/{c}" for c in ("circle", "square", "triangle", "cross")} <= set(metrics)
     assert metrics["fid"] >= 0 and 0 <= metrics["class_consistency"] <= 1
     assert protocol["n_fake"] == 100 and protocol["n_real"] == 200 and protocol["split"] == "train"
+    assert (report["split"], report["num_images"]) == ("train", 200)  # as every metrics.json states them
     assert protocol["features"] == "classifier" and protocol["seed"] == 42 and len(protocol["weights_sha256"]) == 64
     assert protocol["kid"]["subset_size"] == 100 and protocol["real_features_cache"]["hit"] is False
     assert report["elapsed_s"] > 0 and "resize" in protocol

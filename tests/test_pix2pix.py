@@ -158,6 +158,7 @@ def test_fcn_score_matches_an_independent_numpy_count(runs, tmp_path):
     report = json.loads((out / "metrics.json").read_text())
     metrics, protocol = report["metrics"], report["protocol"]
     assert protocol["n"] == 64 and protocol["resolution"] == "32x32" and protocol["seed"] == 5
+    assert report["num_images"] == 64 and report["split"] == protocol["split"]
     assert len(protocol["segmenter"]["sha256"]) == 64
 
     # Independently: the same generated images (seeded dropout), the segmenter's predictions,

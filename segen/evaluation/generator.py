@@ -172,7 +172,8 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
         "scoring_s": round(time.time() - start, 3),
     }
     notes_after = f"[bold]Protocol:[/] {net.protocol['feature_extractor']}; resize {net.protocol['resize']}; weights sha256 {net.protocol['weights_sha256'][:16]}...; seed {cfg.seed}"
-    return Evaluation(scores, tables, {"protocol": protocol}, [*notes, notes_after])
+    # split/num_images: the real images read, as every metrics.json states them (protocol: the rest).
+    return Evaluation(scores, tables, {"split": cfg.split, "num_images": n_real, "protocol": protocol}, [*notes, notes_after])
 
 
 # A generated-side metric -> the real-side metric printed beside it.

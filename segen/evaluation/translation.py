@@ -216,7 +216,7 @@ def evaluate_translation(task, cfg: DictConfig, datamodule, model: str, data: st
     similarity = {"L1 (0-1 units)": scores[f"{split}/l1"], "PSNR (dB)": scores[f"{split}/psnr"], "SSIM": scores[f"{split}/ssim"], **fid_rows}
     tables.append(Table(f"{model} on {data}: generated vs real images ({n} {split} pairs)", similarity))
     protocol["scoring_s"] = round(time.time() - start, 3)
-    return Evaluation(scores, tables, {"protocol": protocol}, notes)
+    return Evaluation(scores, tables, {"split": split, "num_images": n, "protocol": protocol}, notes)
 
 
 def fid_and_kid(fake, real, ev, segmenter, device, scores, split, protocol, notes) -> dict[str, float]:
