@@ -192,7 +192,9 @@ class PerformanceKnobs(pl.Callback):
         # A count the user gave OpenMP wins; a GPU run's CPU threads only feed it.
         if "OMP_NUM_THREADS" in os.environ or not isinstance(trainer.accelerator, pl.accelerators.CPUAccelerator):
             return
-        self._share = CoreShare()
+        # The cores to share: torch's own default count (one thread per physical core, so
+        # hyper-threads are not counted as cores), read before anything here changes it.
+        self._share = CoreShare(cores=torch.get_num_threads())
         self._share_cores()
         runs, threads = self._share.runs(), torch.get_num_threads()
         if runs > 1:
