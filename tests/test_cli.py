@@ -99,8 +99,8 @@ def test_valid_choices_pass_the_check(segen, tmp_path):
     result = segen("train", "data=mnist", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "segen.data.mnist.MNISTDataModule" in result.stdout
-    # The per-pair recipe was applied (cnn_mnist sets 10 epochs).
-    assert "max_epochs: 10" in result.stdout
+    # The per-pair recipe was applied (cnn_mnist: 1,000 steps of 128, whatever the copy's size).
+    assert "max_steps: 1000" in result.stdout and "max_epochs: null" in result.stdout
 
 
 def test_packaged_config_listing_is_read_from_files():

@@ -72,11 +72,25 @@ def test_eval_reports_test_accuracy_that_matches_an_independent_count(segen, tmp
     assert report["metrics"]["test/acc/square"] == pytest.approx(per_class[1], abs=1e-6)
 
 
+def test_a_keep_every_checkpoint_callback_survives_a_run_that_ranks_none(segen, tmp_path):
+    """model.monitor=null turns off the keep-the-best callback (it would copy last.ckpt), but a
+    user's snapshots (save_top_k=-1 every epoch) still write one file per epoch."""
+    small_net = ("model.net.widths=[8,16]", "model.net.pool=[false,true]", "model.net.residual=[false,true]")
+    snaps = tmp_path / "snapshots"
+    run = trained(segen, tmp_path, "model.monitor=null", "trainer.max_epochs=2", "test=false", *small_net,
+                  "+callbacks.snapshots._target_=pytorch_lightning.callbacks.ModelCheckpoint",
+                  f"+callbacks.snapshots.dirpath={snaps}", "+callbacks.snapshots.every_n_epochs=1", "+callbacks.snapshots.save_top_k=-1")
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
 def test_train_and_eval_mnist_from_idx_fixture(segen, tmp_path, mnist_root):
     data = (f"data.data_dir={mnist_root}", "data.download=false", "data.val_split=50")
     run = trained(segen, tmp_path, "data=mnist", *data, "trainer.limit_train_batches=3")
+    # The cnn_mnist recipe scores its final weights (model.monitor: null): no best.ckpt.
+    assert not (run / "checkpoints" / "best.ckpt").exists()
     out = tmp_path / "eval"
-    result = segen("eval", f"ckpt={run}/checkpoints/best.ckpt", f"data.data_dir={mnist_root}", f"hydra.run.dir={out}", cwd=tmp_path)
+    result = segen("eval", f"ckpt={run}/checkpoints/last.ckpt", f"data.data_dir={mnist_root}", f"hydra.run.dir={out}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     assert report["data"] == "mnist" and report["num_images"] == 100

@@ -98,8 +98,10 @@ def main(cfg: DictConfig) -> RunResult:
     if resume_from:
         callbacks.append(ResumeReport(resume_from, changes))
     for callback in callbacks:
-        if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.monitor is None:
-            callback.save_top_k = 0  # nothing ranks checkpoints: best.ckpt would only copy last.ckpt
+        # Nothing ranks checkpoints: a keep-the-best-one callback would only copy last.ckpt. One
+        # that keeps every checkpoint (save_top_k=-1, e.g. snapshots every N epochs) is left alone.
+        if isinstance(callback, pl.callbacks.ModelCheckpoint) and callback.monitor is None and callback.save_top_k == 1:
+            callback.save_top_k = 0
     if cfg.get("perf") is not None:  # channels_last / compile / matmul precision: segen/perf.py
         callbacks.append(build(cfg.perf, "perf"))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
