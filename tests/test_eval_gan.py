@@ -107,6 +107,33 @@ def test_the_real_column_is_computed_on_the_real_images_as_documented(cgan_eval,
     assert report["metrics"]["confident/real"] == pytest.approx(float((p.max(1) > 0.9).mean()), abs=1e-9)
 
 
+def test_a_label_smoothed_judge_is_read_against_the_most_it_was_trained_to_give(root, cgan_ckpt, tmp_path):
+    """Label smoothing 0.2 over 4 classes trains the top class toward 0.85, so the 0.9 threshold
+    means p > 0.9 x 0.85 = 0.765 for this judge: confident/real is that count, done in numpy."""
+    import numpy as np
+
+    from segen.checkpoint import checkpoint_config, load_checkpoint
+    from segen.config import build
+    from segen.metrics.features import ClassifierFeatures, extract, slices
+    from segen.metrics.generative import real_subset
+
+    judge = train(root, "cnn_smoothed", "model=cnn", *TINY_CNN, "model.label_smoothing=0.2") / "checkpoints" / "last.ckpt"
+    result, path = evaluate(tmp_path, "smoothed", f"ckpt={cgan_ckpt}", "eval.features=classifier", f"eval.classifier_ckpt={judge}", *SMALL_EVAL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(path.read_text())
+    protocol = report["protocol"]
+    assert protocol["label_smoothing"] == 0.2 and protocol["top_probability"] == pytest.approx(0.85)
+    assert protocol["confidence_threshold"] == 0.9 and protocol["confidence_probability"] == pytest.approx(0.765)
+    assert "> 0.765 (0.9 of the 0.85" in " ".join(result.stdout.split())
+    run_cfg, _ = checkpoint_config(load_checkpoint(cgan_ckpt))
+    real = real_subset(build(run_cfg.data, "data").split_images("train"), 200)
+    _, logits = extract(ClassifierFeatures(judge), slices(real, 100))
+    logits = logits.double().numpy()
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    assert report["metrics"]["confident/real"] == pytest.approx(float((p.max(1) > 0.765).mean()), abs=1e-9)
+
+
 def test_split_picks_the_real_images_of_a_generator_too(cgan_eval, tmp_path):
     args, _, first = cgan_eval
     assert first["protocol"]["split"] == "train"  # a generator's own default: the training images

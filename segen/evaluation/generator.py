@@ -85,6 +85,7 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
     # Confidence means something for a classifier of this data's classes, not ImageNet's.
     threshold = ev.get("confidence_threshold") if ev.features == "classifier" else None
     threshold = float(threshold) if threshold is not None else None
+    probability = net.confidence_probability(threshold) if threshold is not None else None
     notes: list[str] = []
     if ev.features == "classifier":
         if info.channels != net.in_channels:
@@ -127,13 +128,13 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
     scores = score_generator(
         task, net, reals.features if reals is not None else torch.empty(0, net.feature_dim), ev.n_fake, seed=cfg.seed,
         batch_size=ev.batch_size, fid=ev.fid, kid=ev.kid, inception=ev["is"], consistency=consistency,
-        class_names=class_names, device=device, confidence_threshold=threshold,
+        class_names=class_names, device=device, confidence_threshold=probability,
     )
     floor = bool(ev.get("floor", True)) and n_real >= 4
     if reals is not None:
         scores.update(score_real(
             reals.features, reals.logits, seed=cfg.seed, fid=floor and ev.fid, kid=floor and ev.kid,
-            confidence_threshold=threshold, inception=bool(ev["is"]),
+            confidence_threshold=probability, inception=bool(ev["is"]),
         ))
     if ev.get("floor", True) and n_real < 4 and (ev.fid or ev.kid):
         notes.append(f"[yellow]Note:[/] no FID/KID floor: it needs two halves of at least 2 real images, and there are {n_real}")
@@ -148,7 +149,9 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
             f"real images ({n_real // 2} each): the floor a generator is read against"
         )
     if threshold is not None:
-        notes.append(f"[bold]Confident:[/] share of images whose top class probability under the classifier is > {threshold}")
+        scale = "" if net.label_smoothing == 0 else (
+            f" ({threshold} of the {net.top_probability:.4g} its training target gives a class under label smoothing {net.label_smoothing})")
+        notes.append(f"[bold]Confident:[/] share of images whose top class probability under the classifier is > {probability:.4g}{scale}")
     per_class = {k.split("/", 1)[1]: v for k, v in scores.items() if k.startswith("class_consistency/")}
     if per_class:
         tables.append(Table("class consistency per class", per_class, ("class", "consistency")))
@@ -166,6 +169,7 @@ def evaluate_generator(task, cfg: DictConfig, datamodule, model: str, data: str)
         "is_splits": min(IS_SPLITS, ev.n_fake) if ev["is"] else None,
         "floor": {"real_halves": REAL_HALVES, "n_each": n_real // 2} if floor and (ev.fid or ev.kid) else None,
         "confidence_threshold": threshold,
+        "confidence_probability": probability,  # threshold x the judge's top_probability
         "seed": cfg.seed,
         "real_features_cache": {"hit": reals.hit, "path": str(reals.path) if reals.path else None} if reals is not None else None,
         "device": str(device),

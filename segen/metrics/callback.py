@@ -79,7 +79,8 @@ class FIDCallback(pl.Callback):
         self.net.to(pl_module.device)
         scores = score_generator(
             pl_module, self.net, self.real, self.n_fake, seed=self.seed, batch_size=self.batch_size,
-            fid=True, kid=False, device=pl_module.device, confidence_threshold=self.confidence_threshold,
+            fid=True, kid=False, device=pl_module.device,
+            confidence_threshold=self.net.confidence_probability(self.confidence_threshold) if self.confidence_threshold is not None else None,
         )
         pl_module.log("val/fid", scores["fid"], prog_bar=True)
         if "confident" in scores:

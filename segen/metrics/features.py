@@ -97,6 +97,14 @@ class FeatureNet(nn.Module):
     num_logits: int
     fingerprint: str
     protocol: dict
+    label_smoothing: float = 0.0
+    top_probability: float = 1.0  # the most probability the net was trained to give a class
+
+    def confidence_probability(self, threshold: float) -> float:
+        """`eval.confidence_threshold` as a probability: that share of the most this net was
+        trained to give its class (`top_probability`), so that a label-smoothed judge, which
+        never reaches 0.9, is read on the scale of its own training target."""
+        return threshold * self.top_probability
 
 
 class InceptionFeatures(FeatureNet):
@@ -177,6 +185,10 @@ class ClassifierFeatures(FeatureNet):
         self.num_logits = net.num_classes
         self.class_names = list(datamodule.info.class_names)
         self.data = stored.get("data")
+        # Label smoothing eps trains the top class toward 1 - eps + eps/K, not 1 (0.82 for
+        # cnn_cifar10's 0.2 over 10 classes): the most probability this judge learnt to give.
+        self.label_smoothing = float(getattr(task, "label_smoothing", 0.0) or 0.0)
+        self.top_probability = 1.0 - self.label_smoothing + self.label_smoothing / self.num_logits
         self.weights_sha256 = file_sha256(ckpt_path)
         # Keyed by the weights themselves, not the file: a checkpoint re-saved with other
         # optimizer state still hits, any changed weight misses.
@@ -191,6 +203,8 @@ class ClassifierFeatures(FeatureNet):
             "resize": "none (the classifier takes the images at their own size)",
             "weights": str(ckpt_path),
             "weights_sha256": self.weights_sha256,
+            "label_smoothing": self.label_smoothing,
+            "top_probability": self.top_probability,
         }
 
     def train(self, mode: bool = True):
